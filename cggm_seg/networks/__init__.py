@@ -1,0 +1,1 @@
+"""Network definitions: the 3D multimodal U-Net and the sequence/feature networks."""
