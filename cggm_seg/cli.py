@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "extract": ("frozen ViT/BERT features for Food-101 from local model folders",
                     "cggm_seg.adapters.food101_extract"),
     },
-    "benchmark": ("methods x seeds modality-balance benchmark, writes docs/BENCHMARK.md", "cggm_seg.benchmark"),
+    "benchmark": ("methods x seeds modality-balance benchmark -> docs/BENCHMARK.md", "cggm_seg.benchmark"),
     "report": ("PNG plots and a slice montage for a training run", "cggm_seg.report"),
 }
 
