@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from monai.engines import IterationEvents
 from monai.utils import CommonKeys as Keys
@@ -168,7 +168,19 @@ class CGGMHandler:
 
     # ------------------------------------------------------------------ attach
     def attach(self, engine: Engine) -> None:
-        """Resolve the named modules, register the hooks and the two iteration-event handlers."""
+        """Register the iteration-event handlers; resolve the named modules now or, when listed in
+        ``train_handlers`` (attached before the trainer has its network), when the run starts."""
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self._on_loss_completed)
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._on_backward_completed)
+        if hasattr(engine, "network"):
+            self._resolve(engine)
+        else:
+            engine.add_event_handler(Events.STARTED, self._resolve)
+
+    def _resolve(self, engine: Engine) -> None:
+        """Check the settings against the network, register the forward hooks."""
+        if self._fusion_weight is not None:
+            return
         if getattr(engine, "accumulation_steps", 1) > 1:
             raise UserError(f"accumulation_steps={engine.accumulation_steps}: CGGM needs the utilisation and "
                             "gradients of one optimizer step per batch; set accumulation_steps to 1")
@@ -177,7 +189,6 @@ class CGGMHandler:
         fusion = _submodule(network, self.fusion_layer_name, "fusion_layer")
         if not isinstance(getattr(fusion, "weight", None), torch.Tensor):
             raise UserError(f"fusion_layer: {self.fusion_layer_name!r} has no weight tensor")
-        self._fusion_weight = fusion.weight
         self._head_weights = []
         for i, head in enumerate(self.heads):
             layer = _submodule(head, self.head_output_layer, f"head_output_layer (head {i})")
@@ -195,11 +206,10 @@ class CGGMHandler:
             raise UserError("heads: the heads are part of the network; keep them out of it so they are "
                             "trained only by the head optimizer and absent from the exported model")
         self._encoder_params = [[p for p in e.parameters() if p.requires_grad] for e in encoders]
-        self.heads.to(self._fusion_weight.device)
+        self._fusion_weight = fusion.weight
+        self.heads.to(fusion.weight.device)
         for i, encoder in enumerate(encoders):
             encoder.register_forward_hook(self._capture_hook(i))
-        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self._on_loss_completed)
-        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._on_backward_completed)
         logger.info("CGGM on %s: rho=%s lambda=%s direction=%s clip=%s momentum=%s warm-up=%d",
                     dict(zip(self.modality_names, self.encoder_names)), self.rho, self.lam, self.direction,
                     self.coeff_clip, self.momentum, self.warmup_iterations)
