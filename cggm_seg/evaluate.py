@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -25,6 +23,7 @@ from tqdm import tqdm
 
 from cggm_seg.brats_labels import CONVENTIONS, LabelConvention, get_convention
 from cggm_seg.errors import UserError
+from cggm_seg.io import check_new_outputs, write_atomic, write_json
 from cggm_seg.metrics.brats import DICE_KEYS, HD95_KEYS, case_scores
 
 logger = logging.getLogger(__name__)
@@ -187,38 +186,17 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def check_new_outputs(paths: Iterable[Path], force: bool) -> None:
-    """Refuse to overwrite an existing output unless ``force``."""
-    for path in paths:
-        if path.exists() and not force:
-            raise UserError(f"{path} already exists; pass --force (or force=True) to overwrite it")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, so no half file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_scores(rows: Sequence[dict], csv_path: Path, summary_path: Path, force: bool = False) -> dict:
     """Write the per-case CSV and the summary JSON; returns the summary."""
-    csv_path, summary_path = Path(csv_path), Path(summary_path)
-    check_new_outputs((csv_path, summary_path), force)
+    check_new_outputs((csv_path, summary_path), force)  # both, before writing either
     summary = summarise(list(rows))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["case_id", *METRICS])
     for row in map(_with_means, rows):
         writer.writerow([row["case_id"], *(f"{row[m]:.6f}" for m in METRICS)])
-    _write_atomic(csv_path, buffer.getvalue())
-    _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    write_atomic(csv_path, lambda tmp: tmp.write_text(buffer.getvalue()), overwrite=force)
+    write_json(summary_path, summary, overwrite=force)
     return summary
 
 

@@ -20,8 +20,13 @@ from monai.utils import CommonKeys, ImageMetaKey, convert_to_numpy
 
 from cggm_seg.brats_labels import REGIONS, get_convention
 from cggm_seg.errors import UserError
-from cggm_seg.evaluate import case_id_from_filename, check_label_values, check_new_outputs, format_summary, \
-    write_scores
+from cggm_seg.evaluate import (
+    case_id_from_filename,
+    check_label_values,
+    format_summary,
+    write_scores,
+)
+from cggm_seg.io import check_new_outputs
 from cggm_seg.metrics.brats import region_scores
 
 logger = logging.getLogger(__name__)
@@ -35,16 +40,16 @@ class BratsScoreHandler:
     holding a label map in ``convention``. The case id comes from ``case_id_fn(filename_or_obj)``
     of the first of pred/label/image that carries a file name, the voxel spacing from that
     tensor's affine (so predictions inverted to the original grid are scored in mm there).
-    Existing outputs are refused at the start of a run unless ``force``; under torch.distributed
+    Existing outputs are refused at the start of a run unless ``overwrite``; under torch.distributed
     every rank scores its own cases and rank 0 writes them all.
     """
 
     def __init__(self, output_dir: str, convention: str = "brats2021",
-                 case_id_fn: Callable[[str], str] | None = None, force: bool = False) -> None:
+                 case_id_fn: Callable[[str], str] | None = None, overwrite: bool = False) -> None:
         self.output_dir = Path(output_dir)
         self.convention = get_convention(convention)
         self.case_id_fn = case_id_fn or case_id_from_filename
-        self.force = force
+        self.overwrite = overwrite
         self.rows: list[dict] = []
 
     @property
@@ -63,7 +68,7 @@ class BratsScoreHandler:
 
     def _started(self, engine: Engine) -> None:
         if idist.get_rank() == 0:
-            check_new_outputs((self.csv_path, self.summary_path), self.force)
+            check_new_outputs((self.csv_path, self.summary_path), self.overwrite)
         self.rows = []
 
     def _iteration_completed(self, engine: Engine) -> None:
@@ -73,9 +78,9 @@ class BratsScoreHandler:
 
     def score_item(self, item: dict) -> dict:
         """``{"case_id", dice_wt, ..., hd95_et}`` of one decollated evaluator output."""
-        source = next((item[k] for k in (CommonKeys.PRED, CommonKeys.LABEL, CommonKeys.IMAGE)
-                       if isinstance(item.get(k), MetaTensor) and item[k].meta.get(ImageMetaKey.FILENAME_OR_OBJ)),
-                      None)
+        named = [item[k] for k in (CommonKeys.PRED, CommonKeys.LABEL, CommonKeys.IMAGE)
+                 if isinstance(item.get(k), MetaTensor) and item[k].meta.get(ImageMetaKey.FILENAME_OR_OBJ)]
+        source = named[0] if named else None
         if source is None:
             prefix = f"rank{idist.get_rank()}_" if idist.get_world_size() > 1 else ""
             case_id, spacing = f"{prefix}case_{len(self.rows):04d}", [1.0, 1.0, 1.0]
@@ -91,7 +96,8 @@ class BratsScoreHandler:
         array = convert_to_numpy(tensor)
         if array.shape[0] == len(REGIONS):
             if not np.isin(array, (0, 1)).all():
-                raise UserError(f"{where} is not binary; end the postprocessing with AsDiscreted(threshold=0.5)")
+                raise UserError(f"{where} is not binary; end the postprocessing with "
+                                "AsDiscreted(threshold=0.5)")
             return array.astype(bool)
         if array.shape[0] == 1:
             check_label_values(array[0], self.convention, where)
@@ -106,6 +112,6 @@ class BratsScoreHandler:
         if not rows:
             logger.warning("no cases were scored; %s not written", self.csv_path)
             return
-        summary = write_scores(rows, self.csv_path, self.summary_path, force=self.force)
+        summary = write_scores(rows, self.csv_path, self.summary_path, force=self.overwrite)
         logger.info("BraTS scores of %d cases written to %s\n%s", len(rows), self.csv_path,
                     format_summary(summary))
