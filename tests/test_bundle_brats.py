@@ -1,0 +1,168 @@
+"""The BraTS bundle end to end on tiny synthetic volumes: train, resume, evaluate, inference, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+
+from cggm_seg.bundle import latest_checkpoint
+from cggm_seg.errors import UserError
+from data_prep.brats_datalist import write_datalist
+from data_prep.synth_brats import write_brats_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundles" / "brats_cggm" / "configs"
+SCHEMA = ROOT.parent / "shared" / "schema" / "meta_schema_20240725.json"
+TINY = {
+    "roi_size": [32, 32, 32],
+    "num_workers": 0,
+    "network_def#channels": [4, 8, 16, 32],
+    "device": "cpu",
+    "amp": False,
+    "warmup_epochs": 1,
+    "val_interval": 1,
+    "sw_batch_size": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("brats")
+    write_brats_dataset(root, cases=4, size=32, seed=0)
+    write_datalist(root, root / "datalist.json", folds=2, seed=0)
+    return root
+
+
+def workflow(configs: list[str], dataset: Path, output: Path, **overrides) -> ConfigWorkflow:
+    flow = ConfigWorkflow(
+        config_file=[str(CONFIGS / c) for c in configs],
+        workflow_type="train",
+        logging_file=str(CONFIGS / "logging.conf"),
+        dataset_dir=str(dataset),
+        output_dir=str(output),
+        **{**TINY, **overrides},
+    )
+    flow.initialize()
+    return flow
+
+
+def test_metadata_verifies_against_monai_schema():
+    assert SCHEMA.is_file(), f"MONAI's metadata schema is expected at {SCHEMA} (../shared beside the clone)"
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_network_in_out_verifies():
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        n=2,
+        device="cpu",
+    )
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_and_infer(dataset, tmp_path):
+    out = tmp_path / "run"
+    first = workflow(["train.json"], dataset, out, epochs=1)
+    first.run()
+    first.finalize()
+    assert (out / "model.pt").is_file()
+    assert latest_checkpoint(out).endswith("checkpoint_epoch=1.pt")
+    saved_utilisation = first.parser.get_parsed_content("modulation_handler").previous_utilisation
+
+    # a second run with more epochs resumes at the saved iteration, CGGM state included
+    second = workflow(["train.json"], dataset, out, epochs=2)
+    trainer = second.parser.get_parsed_content("trainer")
+    handler = second.parser.get_parsed_content("modulation_handler")
+    first_iteration = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: first_iteration.append(e.state.iteration))
+    second.run()
+    epoch_length = trainer.state.epoch_length
+    assert first_iteration[0] == epoch_length + 1
+    assert trainer.state.epoch == 2 and trainer.state.iteration == 2 * epoch_length
+    assert not np.allclose(handler.previous_utilisation.numpy(), 0.0) or np.allclose(saved_utilisation, 0.0)
+
+    evaluate = workflow(["train.json", "evaluate.json"], dataset, out, fold=0)
+    evaluate.run()
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["n_cases"] == 2
+    for key in ("dice_wt", "dice_tc", "dice_et", "hd95_wt", "hd95_tc", "hd95_et"):
+        assert np.isfinite(summary[key]), key
+    rows = (out / "eval" / "scores.csv").read_text().splitlines()
+    assert len(rows) == 3
+
+    infer = workflow(["inference.json"], dataset, out, fold=0)
+    infer.run()
+    predictions = sorted((out / "predictions").glob("*.nii.gz"))
+    assert len(predictions) == 2
+    for prediction in predictions:
+        case = prediction.name[: -len(".nii.gz")]
+        truth = nib.load(dataset / case / f"{case}_seg.nii.gz")
+        image = nib.load(prediction)
+        assert image.shape == truth.shape
+        np.testing.assert_allclose(image.affine, truth.affine)
+        assert set(np.unique(np.asarray(image.dataobj))) <= {0, 1, 2, 4}
+
+
+def user_error(error: BaseException) -> UserError:
+    """The UserError behind MONAI's "Failed to evaluate" wrapper (shown as the cause in tracebacks)."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__
+    assert error is not None, "no UserError in the exception chain"
+    return error
+
+
+def test_missing_datalist_and_bad_fold_are_clear(tmp_path, dataset):
+    with pytest.raises(RuntimeError) as info:
+        workflow(["train.json"], tmp_path, tmp_path / "out").run()
+    assert str(user_error(info.value)).startswith(f"datalist: {tmp_path / 'datalist.json'} does not exist")
+    with pytest.raises(RuntimeError) as info:
+        workflow(["train.json"], dataset, tmp_path / "out", fold=7).run()
+    assert str(user_error(info.value)).startswith("fold: 7 is not in the datalist")
+
+
+def test_evaluate_without_checkpoint_names_it(tmp_path, dataset):
+    with pytest.raises(RuntimeError) as info:
+        workflow(["train.json", "evaluate.json"], dataset, tmp_path / "empty").run()
+    assert "checkpoint: " in str(user_error(info.value))
+    assert "model.pt does not exist" in str(user_error(info.value))
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_cpu_training(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    overrides = [
+        f"--{k}={json.dumps(v)}" if not isinstance(v, str) else f"--{k}={v}" for k, v in TINY.items()
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]),
+        f"--dataset_dir={dataset}",
+        f"--output_dir={out}",
+        "--epochs=1",
+        "--batch_size=1",
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "checkpoint_final.pt").is_file()
+    assert len(list(out.glob("events.out.tfevents.*"))) == 2  # rank 0 only: trainer + validator
