@@ -14,10 +14,12 @@ interrupted run never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import importlib
 import io
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -62,7 +64,7 @@ def _allowed_global(module: str, name: str) -> Any | None:
         if module.startswith(package) and (module[len(package):], name) in _NUMPY_GLOBALS:
             return _numpy_internal(module[len(package):], name)
     if module in ("builtins", "__builtin__") and name in _BUILTINS:
-        return getattr(__import__("builtins"), name)
+        return getattr(builtins, name)
     if (module, name) == ("collections", "OrderedDict"):
         return OrderedDict
     if (module, name) == ("_codecs", "encode"):
@@ -145,8 +147,8 @@ def check_new_outputs(paths: Iterable[str | os.PathLike], overwrite: bool = Fals
     if not overwrite:
         for path in paths:
             if Path(path).exists():
-                raise UserError(f"{path} already exists; choose another output location or allow overwriting "
-                                "(--overwrite true for bundles, --force on the command line)")
+                raise UserError(f"{path} already exists; pass --force (command line) or "
+                                "--overwrite true (bundles) to replace it")
     return True
 
 
@@ -176,7 +178,22 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any], overwri
     return Path(path)
 
 
+def _json_safe(data: Any) -> Any:
+    """JSON has no NaN/inf: such floats become ``null``; numpy/torch scalars become Python numbers."""
+    if isinstance(data, dict):
+        return {str(key): _json_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_safe(value) for value in data]
+    if hasattr(data, "item") and callable(data.item) and getattr(data, "ndim", 1) == 0:
+        data = data.item()
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
 def write_json(path: str | os.PathLike, data: Any, overwrite: bool = False) -> Path:
-    """Write ``data`` as indented JSON, atomically; refuses to replace a file unless ``overwrite``."""
-    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"),
-                        overwrite)
+    """Write ``data`` as indented JSON (non-finite floats as ``null``), atomically; never replaces a file
+    unless ``overwrite``."""
+    text = json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text), overwrite)
+

@@ -96,7 +96,7 @@ def _tumour(rng: np.random.Generator, grid: tuple[np.ndarray, ...], size: int,
             brain: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nested whole-tumour, core and necrosis masks: three irregular, concentric level sets."""
     centre = rng.uniform(-0.45, 0.45, 3) * _BRAIN_RADII
-    spread = _ellipsoid_radius(grid, centre, rng.uniform(0.2, 0.34, 3))
+    spread = _ellipsoid_radius(grid, centre, rng.uniform(0.26, 0.40, 3))
     core_level = rng.uniform(0.45, 0.70)
     necrosis_level = core_level * rng.uniform(0.35, 0.65)
     whole = brain & (spread + 0.3 * _smooth_field(rng, size, 16) < 1.0)

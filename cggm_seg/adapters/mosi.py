@@ -54,16 +54,20 @@ def _labels(value: object, count: int, where: str) -> np.ndarray:
 
 
 def _split_dataset(split_data: Mapping, where: str) -> SequenceDataset:
-    label_key = _MMSA_LABELS if isinstance(split_data, Mapping) and _MMSA_LABELS in split_data else _MULT_LABELS
     features = speech_features(split_data, where)
+    label_key = _MMSA_LABELS if _MMSA_LABELS in split_data else _MULT_LABELS
     require_keys(split_data, [label_key], f"{where} (labels: '{_MULT_LABELS}' for MulT or "
                                          f"'{_MMSA_LABELS}' for MMSA)")
     count = check_sample_counts({name: len(array) for name, array in features.items()}
                                 | {label_key: len(np.atleast_1d(split_data[label_key]))}, where)
-    lengths = {name: lengths_array(split_data[f"{name}_lengths"], count, features[name].shape[1],
-                                   f"{where}['{name}_lengths']")
-               for name in ("audio", "vision") if label_key == _MMSA_LABELS and f"{name}_lengths" in split_data}
-    return SequenceDataset(features, _labels(split_data[label_key], count, f"{where}['{label_key}']"), lengths)
+    lengths = {}
+    for name in ("audio", "vision") if label_key == _MMSA_LABELS else ():
+        key = f"{name}_lengths"
+        if key in split_data:
+            steps = features[name].shape[1]
+            lengths[name] = lengths_array(split_data[key], count, steps, f"{where}['{key}']")
+    labels = _labels(split_data[label_key], count, f"{where}['{label_key}']")
+    return SequenceDataset(features, labels, lengths)
 
 
 def load_mosi(path: str | os.PathLike, splits: Sequence[str] = SPLITS) -> dict[str, SequenceDataset]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,8 @@ def feature_array(value: Any, where: str, zero_neg_inf: bool = False) -> np.ndar
         array[array == -np.inf] = 0.0
     bad = ~np.isfinite(array)
     if bad.any():
-        raise UserError(f"{where}: {int(bad.sum())} non-finite value(s), first at sample {np.argwhere(bad)[0][0]}")
+        raise UserError(f"{where}: {int(bad.sum())} non-finite value(s), "
+                        f"first at sample {np.argwhere(bad)[0][0]}")
     return array
 
 
@@ -102,6 +104,15 @@ def speech_features(split_data: Any, where: str) -> dict[str, np.ndarray]:
             for name in SPEECH_MODALITIES}
 
 
+@dataclass(frozen=True)
+class _MappedFile:
+    path: str
+
+
+def _reopen(value: Any) -> Any:
+    return np.load(value.path, mmap_mode="r") if isinstance(value, _MappedFile) else value
+
+
 class SequenceDataset(Dataset):
     """Samples from per-modality arrays ``[N, T, D]`` (in memory or memory-mapped).
 
@@ -117,16 +128,23 @@ class SequenceDataset(Dataset):
         self.labels = labels
         self.lengths = dict(lengths or {})
 
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(self.features)
-
     def feature_dims(self) -> dict[str, int]:
         """Modality -> feature size, in modality order (what the network's ``input_dims`` takes)."""
         return {name: int(array.shape[-1]) for name, array in self.features.items()}
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickling a memory map copies all its data; DataLoader workers that are not forked
+        # (spawn, forkserver) would each get the whole feature file: send the file name instead
+        features = {name: _MappedFile(str(array.filename)) if isinstance(array, np.memmap) else array
+                    for name, array in self.features.items()}
+        return {**self.__dict__, "features": features}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["features"] = {name: _reopen(value) for name, value in state["features"].items()}
+        self.__dict__.update(state)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = {}

@@ -33,7 +33,8 @@ from cggm_seg.networks.heads import ModalityHeads
 def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
     """The transformer's fixed sine/cosine position code ``[length, dim]`` (any length, no table)."""
     position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    frequency = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(1e4) / dim))
+    even = torch.arange(0, dim, 2, device=device, dtype=torch.float32)
+    frequency = torch.exp(even * (-math.log(1e4) / dim))
     code = torch.zeros(length, dim, device=device)
     code[:, 0::2] = torch.sin(position * frequency)
     code[:, 1::2] = torch.cos(position * frequency[: dim // 2])
@@ -67,7 +68,8 @@ class ModalityEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         steps = self.projection(features.transpose(1, 2)).transpose(1, 2)
-        steps = self.dropout(steps * self.scale + sinusoidal_positions(steps.shape[1], steps.shape[2], steps.device))
+        positions = sinusoidal_positions(steps.shape[1], steps.shape[2], steps.device)
+        steps = self.dropout(steps * self.scale + positions)
         padding = None if valid is None else ~valid
         steps = self.transformer(steps, src_key_padding_mask=padding)
         return steps if padding is None else steps.masked_fill(padding[..., None], 0.0)
@@ -146,7 +148,8 @@ class SequenceHead(nn.Module):
         return self.output_layer(self.mlp(masked_mean(features, valid)))
 
 
-def sequence_heads(num_modalities: int, d_model: int, num_outputs: int, dropout: float = 0.0) -> ModalityHeads:
+def sequence_heads(num_modalities: int, d_model: int, num_outputs: int,
+                   dropout: float = 0.0) -> ModalityHeads:
     """One :class:`SequenceHead` per modality, in modality order, for a network of width ``d_model``."""
     if num_modalities < 1:
         raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")

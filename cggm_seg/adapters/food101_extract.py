@@ -1,0 +1,137 @@
+"""``cggm-seg food101 extract``: frozen ViT/BERT token features for UPMC-Food-101, from local models.
+
+For each record of ``DATA/{train,dev,test}.json`` the image goes through the ViT folder's
+own image processor and model, the joined ``text_tokens`` through the BERT folder's
+tokenizer (padded/truncated to ``--max-text-len`` tokens, 50 as in the CGGM code) and
+model. The last hidden states are written in the layout of :mod:`cggm_seg.adapters.food101`,
+text tokens zeroed after the attention mask. Models load with ``local_files_only=True``:
+nothing is downloaded at run time. Needs the optional extra ``pip install 'cggm-seg[food101]'``.
+Files are written under temporary names and renamed only when a split is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cggm_seg.adapters.food101 import LIST_NAMES, feature_paths, list_path, read_records
+from cggm_seg.adapters.sequence_core import SPLITS
+from cggm_seg.errors import UserError
+from cggm_seg.io import atomic_path, check_new_outputs
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def _from_local(loader: Any, folder: Path, option: str) -> Any:
+    if not folder.is_dir():
+        raise UserError(f"{option} {folder}: not a folder (expected a model saved with save_pretrained)")
+    try:
+        return loader.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{option} {folder}: cannot load it from the local folder ({err})") from err
+
+
+class FrozenEncoders:
+    """The ViT (with its image processor) and BERT (with its tokenizer), frozen, on ``device``."""
+
+    def __init__(self, vit: Path, bert: Path, device: str, max_text_len: int) -> None:
+        try:
+            import transformers
+        except ImportError as err:
+            raise UserError("`food101 extract` needs transformers: pip install 'cggm-seg[food101]'") from err
+        self.processor = _from_local(transformers.AutoImageProcessor, vit, "--vit")
+        self.vit = _from_local(transformers.AutoModel, vit, "--vit").to(device).eval()
+        self.tokenizer = _from_local(transformers.AutoTokenizer, bert, "--bert")
+        self.bert = _from_local(transformers.AutoModel, bert, "--bert").to(device).eval()
+        self.device = device
+        self.max_text_len = max_text_len
+
+    @torch.inference_mode()
+    def __call__(self, images: list[Any], texts: list[str]) -> tuple[torch.Tensor, ...]:
+        """Image tokens ``[B, T_img, D]``, text tokens ``[B, T_txt, D]`` (zero after the text), lengths."""
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        image_tokens = self.vit(pixel_values=pixels).last_hidden_state
+        encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_len,
+                                 return_tensors="pt").to(self.device)
+        mask = encoded["attention_mask"]
+        text_tokens = self.bert(**encoded).last_hidden_state * mask[..., None]
+        return image_tokens.cpu(), text_tokens.cpu(), mask.sum(dim=1).cpu()
+
+
+def _open_image(data_dir: Path, record: dict[str, Any]) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    path = data_dir / record["img_path"]
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise UserError(f"record {record['id']!r}: cannot read image {path} ({err})") from err
+
+
+def extract_split(data_dir: Path, split: str, encoders: FrozenEncoders, out_dir: Path, batch_size: int,
+                  dtype: type, force: bool) -> int:
+    """Write the four feature files of ``split``; returns the number of records."""
+    records = read_records(list_path(data_dir, split))
+    paths = feature_paths(out_dir, split)
+    check_new_outputs(paths.values(), force)
+    with contextlib.ExitStack() as stack:
+        temporary = {kind: stack.enter_context(atomic_path(path, overwrite=True))
+                     for kind, path in paths.items()}
+        arrays: dict[str, np.ndarray] = {}
+        for start in tqdm(range(0, len(records), batch_size), desc=f"food101 {split}", disable=None):
+            batch = records[start:start + batch_size]
+            outputs = encoders([_open_image(data_dir, r) for r in batch],
+                               [" ".join(r["text_tokens"]) for r in batch])
+            for kind, values in zip(("image", "text", "text_lengths"), outputs, strict=True):
+                if kind not in arrays:  # sizes are known once the models have run
+                    arrays[kind] = np.lib.format.open_memmap(
+                        temporary[kind], mode="w+", shape=(len(records), *values.shape[1:]),
+                        dtype=np.int64 if kind == "text_lengths" else dtype)
+                arrays[kind][start:start + len(batch)] = values.numpy()
+        for array in arrays.values():
+            array.flush()
+        arrays.clear()  # close the memory maps before the files are renamed
+        np.save(temporary["ids"], np.array([str(r["id"]) for r in records], dtype=str))
+    return len(records)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path,
+                        help="folder with {train,dev,test}.json and the images")
+    parser.add_argument("--vit", required=True, type=Path, help="local ViT folder (model + image processor)")
+    parser.add_argument("--bert", required=True, type=Path, help="local BERT folder (model + tokenizer)")
+    parser.add_argument("--out", type=Path, default=None, help="feature folder (default DATA/features)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
+                        help=f"splits to extract (default all; lists {', '.join(LIST_NAMES.values())})")
+    parser.add_argument("--max-text-len", type=int, default=50, help="BERT tokens per text (default 50)")
+    parser.add_argument("--batch-size", type=int, default=32, help="records per forward pass (default 32)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float16",
+                        help="feature precision on disk (default float16: half the size)")
+    parser.add_argument("--force", action="store_true", help="replace existing feature files")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.max_text_len < 2 or args.batch_size < 1:
+        raise UserError(f"--max-text-len must be >= 2 and --batch-size >= 1, got {args.max_text_len}, "
+                        f"{args.batch_size}")
+    out_dir = args.out or args.data / "features"
+    for split in args.splits:  # fail on an existing output before minutes of extraction
+        check_new_outputs(feature_paths(out_dir, split).values(), args.force)
+    encoders = FrozenEncoders(args.vit, args.bert, args.device, args.max_text_len)
+    for split in args.splits:
+        count = extract_split(args.data, split, encoders, out_dir, args.batch_size, DTYPES[args.dtype],
+                              args.force)
+        log.info("%s (%s.json): %d records -> %s", split, LIST_NAMES[split], count, out_dir)
+    return 0

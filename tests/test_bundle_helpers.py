@@ -1,0 +1,108 @@
+"""The small functions the bundle configs call, and the label/region transforms."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from cggm_seg.bundle import (
+    case_id_from_path,
+    case_name_formatter,
+    datalist_convention,
+    existing_file,
+    fold_split,
+    latest_checkpoint,
+    region_output,
+    select_entries,
+)
+from cggm_seg.errors import UserError
+from cggm_seg.transforms import LabelsToRegionsd, RegionsToLabelsd
+
+
+@pytest.fixture
+def datalist(tmp_path):
+    entries = [{"image": [f"c{i}/f.nii.gz"], "label": f"c{i}/s.nii.gz", "fold": i % 3, "case_id": f"c{i}"}
+               for i in range(6)]
+    for i in range(6):
+        (tmp_path / f"c{i}").mkdir()
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": entries, "label_convention": "msd"}))
+    return path
+
+
+def test_fold_split_and_selection(datalist, tmp_path):
+    train, val = fold_split(datalist, tmp_path, 1)
+    assert [e["case_id"] for e in val] == ["c1", "c4"]
+    assert [e["case_id"] for e in train] == ["c0", "c2", "c3", "c5"]
+    assert train[0]["image"] == [str(tmp_path / "c0" / "f.nii.gz")]
+    assert len(select_entries(datalist, tmp_path)) == 6
+    assert [e["case_id"] for e in select_entries(datalist, tmp_path, fold=2)] == ["c2", "c5"]
+    assert datalist_convention(datalist) == "msd"
+
+
+def test_datalist_errors_name_the_setting(datalist, tmp_path):
+    with pytest.raises(UserError, match="fold: 5 is not in the datalist"):
+        fold_split(datalist, tmp_path, 5)
+    with pytest.raises(UserError, match="fold: no entry of 'training'"):
+        select_entries(datalist, tmp_path, fold=9)
+    with pytest.raises(UserError, match="data_list_key: .* has no 'testing' list"):
+        select_entries(datalist, tmp_path, key="testing")
+    with pytest.raises(UserError, match="datalist: .*missing.json does not exist"):
+        fold_split(tmp_path / "missing.json", tmp_path, 0)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(UserError, match="datalist: .*broken.json is not valid JSON"):
+        datalist_convention(broken)
+    with pytest.raises(UserError, match="checkpoint: .*model.pt does not exist"):
+        existing_file(tmp_path / "model.pt", "checkpoint")
+
+
+def test_latest_checkpoint_picks_the_highest_epoch(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for name in ("checkpoint_epoch=2.pt", "checkpoint_epoch=10.pt", "model.pt", "checkpoint_final.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=10.pt")
+
+
+@pytest.mark.parametrize(
+    ("path", "case"),
+    [
+        ("/d/BraTS2021_00042/BraTS2021_00042_flair.nii.gz", "BraTS2021_00042"),
+        ("/d/BraTS-GLI-00001-000/BraTS-GLI-00001-000-t2f.nii.gz", "BraTS-GLI-00001-000"),
+        ("/d/imagesTr/BRATS_001.nii.gz", "BRATS_001"),
+        ("case.nii", "case"),
+    ],
+)
+def test_case_ids(path, case):
+    assert case_id_from_path(path) == case
+    assert case_name_formatter({"filename_or_obj": path}, None) == {"subject": case}
+
+
+def test_region_output_picks_one_channel():
+    items = [{"pred": torch.arange(3.0).reshape(3, 1), "label": torch.ones(3, 1)}]
+    preds, labels = region_output(2)(items)
+    assert preds[0].tolist() == [[2.0]] and labels[0].shape == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("convention", "labels"),
+    [("brats2021", [0, 1, 2, 4]), ("brats2023", [0, 1, 2, 3]), ("msd", [0, 1, 2, 3])],
+)
+def test_labels_regions_round_trip(convention, labels):
+    label = MetaTensor(torch.tensor(labels, dtype=torch.float32).reshape(1, 4, 1, 1), affine=torch.eye(4) * 2)
+    regions = LabelsToRegionsd("label", convention)({"label": label})["label"]
+    assert regions.shape == (3, 4, 1, 1) and regions.dtype == torch.float32
+    back = RegionsToLabelsd("pred", convention)({"pred": regions})["pred"]
+    assert back.flatten().tolist() == labels
+    assert isinstance(back, MetaTensor) and torch.equal(back.affine, label.affine)
+
+
+def test_brats2021_regions_by_hand():
+    label = torch.tensor([0, 1, 2, 4], dtype=torch.float32).reshape(1, 4)
+    regions = LabelsToRegionsd("label")({"label": label})["label"]
+    # TC = {1, 4}, WT = {1, 2, 4}, ET = {4}
+    np.testing.assert_array_equal(regions.numpy(), [[0, 1, 0, 1], [0, 1, 1, 1], [0, 0, 0, 1]])

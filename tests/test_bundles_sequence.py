@@ -1,0 +1,103 @@
+"""The CMU-MOSI, IEMOCAP and Food-101 bundles: metadata, and a short train + evaluate on synthetic data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, verify_metadata
+
+from cggm_seg.errors import UserError
+from cggm_seg.handlers import CGGMHandler
+from data_prep import synth_food101, synth_iemocap, synth_mosi
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT.parent / "shared" / "schema" / "meta_schema_20240725.json"
+BUNDLES = ("mosi_cggm", "iemocap_cggm", "food101_cggm")
+TINY = {"epochs": 2, "batch_size": 8, "d_model": 8, "num_heads": 2, "encoder_layers": 1, "fusion_layers": 1,
+        "device": "cpu", "num_workers": 0}
+SCORES = {"mosi_cggm": {"acc2", "acc7", "f1_weighted", "mae", "corr"},
+          "iemocap_cggm": {"accuracy", "f1_weighted"}, "food101_cggm": {"accuracy", "f1_weighted"}}
+
+
+def _synth(module, out: Path, **extra) -> Path:
+    args = argparse.Namespace(out=out, n=16, seed=0, force=False, **extra)
+    assert module.main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sequence_data")
+    return {
+        "mosi_cggm": _synth(synth_mosi, root / "mosi.pkl", format="mmsa"),
+        "iemocap_cggm": _synth(synth_iemocap, root / "iemocap", format="h5", cv=1),
+        "food101_cggm": _synth(synth_food101, root / "food101", classes=3),
+    }
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, and the CI machine's two cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _workflow(bundle: str, configs: list[str], data_path: Path, output: Path, **overrides) -> ConfigWorkflow:
+    folder = ROOT / "bundles" / bundle / "configs"
+    flow = ConfigWorkflow(config_file=[str(folder / c) for c in configs], workflow_type="train",
+                          logging_file=str(folder / "logging.conf"), data_path=str(data_path),
+                          output_dir=str(output), **{**TINY, **overrides})
+    flow.initialize()
+    return flow
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_metadata_verifies_against_monai_schema(bundle):
+    assert SCHEMA.is_file(), f"MONAI's metadata schema is expected at {SCHEMA} (../shared beside the clone)"
+    meta_file = ROOT / "bundles" / bundle / "configs" / "metadata.json"
+    verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle, overrides", [
+    ("mosi_cggm", {}),
+    ("iemocap_cggm", {"direction": "weights"}),
+    ("food101_cggm", {"modulation": "none"}),
+])
+def test_train_then_evaluate(bundle, overrides, data, tmp_path, one_thread):
+    out = tmp_path / "run"
+    train = _workflow(bundle, ["train.json"], data[bundle], out, **overrides)
+    handler = train.parser.get_parsed_content("modulation_handler")
+    assert isinstance(handler, CGGMHandler) == (overrides.get("modulation", "cggm") == "cggm")
+    train.run()
+    train.finalize()
+    assert (out / "model.pt").is_file() and (out / "checkpoint_final.pt").is_file()
+    if handler is not None:  # the heads were trained and the utilisation measured for every modality
+        modalities = train.parser.get_parsed_content("modalities")
+        assert {f"utilisation/{m}" for m in modalities} <= set(handler.latest)
+
+    evaluate = _workflow(bundle, ["train.json", "evaluate.json"], data[bundle], out)
+    evaluate.run()
+    scores = json.loads((out / "metrics_test.json").read_text())
+    assert set(scores) == SCORES[bundle]
+    assert all(value is None or isinstance(value, float) for value in scores.values())
+
+
+@pytest.mark.slow
+def test_existing_outputs_are_kept(data, tmp_path, one_thread):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt").write_text("a previous run")
+    with pytest.raises(RuntimeError) as err:
+        _workflow("mosi_cggm", ["train.json"], data["mosi_cggm"], out)
+    cause = err.value.__cause__
+    assert isinstance(cause, UserError) and "model.pt already exists" in str(cause)
+    with pytest.raises(RuntimeError) as err:
+        _workflow("mosi_cggm", ["train.json", "evaluate.json"], data["mosi_cggm"], tmp_path / "empty").run()
+    assert "checkpoint: " in str(err.value.__cause__)
