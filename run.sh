@@ -26,7 +26,11 @@ install_torch() {
 
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
+    python3 -m venv "$VENV" || {
+      rm -rf "$VENV"
+      echo "run.sh: 'python3 -m venv' failed; on Debian/Ubuntu install it with: apt-get install python3-venv" >&2
+      exit 1
+    }
   fi
   # shellcheck disable=SC1091
   . "$VENV/bin/activate"

@@ -113,6 +113,17 @@ def run_demo(
     return summary
 
 
+def bundle_override(text: str) -> tuple[str, Any]:
+    """``ID=JSON`` -> (id, value); a bare word that is not JSON is taken as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected ID=JSON, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("demo_output"), help="output folder (default: %(default)s)"
@@ -134,6 +145,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="cggm",
         help="cggm, or none for plain joint training of the same network (default: %(default)s)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ID=JSON",
+        type=bundle_override,
+        help="any other bundle override, e.g. --set rho=1.2 --set 'coeff_clip=[0, 2]' (repeatable)",
+    )
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
 
 
@@ -142,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--size: {args.size} must be a multiple of 16 and at least 32")
     if args.train_cases < 4 or args.test_cases < 1 or args.epochs < 1:
         raise UserError("--train-cases must be >= 4 (four folds), --test-cases >= 1 and --epochs >= 1")
-    overrides = demo_overrides(args.size, args.epochs, args.seed, args.modulation)
+    overrides = {**demo_overrides(args.size, args.epochs, args.seed, args.modulation), **dict(args.set)}
     summary = run_demo(
         args.out, args.train_cases, args.test_cases, args.size, args.seed, overrides, args.force
     )

@@ -19,12 +19,16 @@ from monai.utils import convert_to_dst_type
 from cggm_seg.brats_labels import get_convention
 
 
-class LabelsToRegionsd(MapTransform):
-    """Label map ``[1, *spatial]`` -> float region channels ``[3, *spatial]`` (TC, WT, ET)."""
+class _ConventionTransform(MapTransform):
+    """A dictionary transform that needs the dataset layout's label convention."""
 
     def __init__(self, keys: KeysCollection, convention: str = "brats2021", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.convention = get_convention(convention)
+
+
+class LabelsToRegionsd(_ConventionTransform):
+    """Label map ``[1, *spatial]`` -> float region channels ``[3, *spatial]`` (TC, WT, ET)."""
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -36,12 +40,8 @@ class LabelsToRegionsd(MapTransform):
         return d
 
 
-class RegionsToLabelsd(MapTransform):
+class RegionsToLabelsd(_ConventionTransform):
     """Binary region channels ``[3, *spatial]`` -> label map ``[1, *spatial]`` in the convention's values."""
-
-    def __init__(self, keys: KeysCollection, convention: str = "brats2021", allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.convention = get_convention(convention)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)

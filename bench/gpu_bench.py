@@ -1,0 +1,354 @@
+"""GPU performance bench of the BraTS CGGM bundle: what a user's training and inference cost.
+
+On BraTS-sized synthetic cases (240x240x155, four sequences, written as BraTS 2021 NIfTI folders
+by ``data_prep``'s phantom generator) it measures
+
+* ``loader``: cases/s through the bundle's train transforms and loader, without caching, with
+  MONAI ``CacheDataset`` (memory) and with ``PersistentDataset`` (disk);
+* ``train``: time of a training step of the bundle's own ``SupervisedTrainer`` (AMP, crops of
+  ``roi``^3, ``batch`` cases) with the bundle's modulation handler (CGGM) and without it
+  (joint training, same network), and the peak GPU memory of each;
+* ``inference``: full-volume sliding-window inference latency per case with the bundle's inferer.
+
+Network, loss, optimizer, transforms, datasets, loader, inferer and trainer all come from the
+bundle config (``train.json``), so the bench measures what ``python -m monai.bundle run`` runs.
+It prints one JSON document (see docs/PERFORMANCE.md) and writes it to ``--out``. On a CPU at
+tiny sizes it checks the bench itself, e.g. ``--device cpu --size 32,32,24 --roi 16 --steps 3
+--cases 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+from monai.engines import IterationEvents
+
+from cggm_seg.brats_labels import SEQUENCES
+from data_prep.brats_datalist import FOLDER_LAYOUTS, LABEL_KEY
+from data_prep.synth_brats import _write_case, brats_affine, case_id, synth_case
+
+logger = logging.getLogger("gpu_bench")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "brats_cggm" / "configs" / "train.json"
+LAYOUT = "brats2021"
+# The issue's targets: CGGM may cost at most 25% per step; a BraTS volume infers in under 1 s (H100, AMP).
+TARGETS = {"step_time_ratio_max": 1.25, "inference_s_per_case_max": 1.0}
+MIB = 2**20
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"240,240,155"`` -> ``(240, 240, 155)``."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three integers like 240,240,155, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers like 240,240,155, got {text!r}")
+    return shape
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``"network_def#channels=[8,16,32,64]"`` -> ``("network_def#channels", [8, 16, 32, 64])``; non-JSON
+    values stay strings, so bundle expressions such as ``$torch.bfloat16`` pass through."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected ID=VALUE like amp=false, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=parse_shape, default=(240, 240, 155),
+                        help="volume shape (default 240,240,155)")
+    parser.add_argument("--roi", type=int, default=128,
+                        help="edge of the training crop and of the sliding window (default 128)")
+    parser.add_argument("--batch", type=int, default=2, help="training batch size (default 2)")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per mode (default 30)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed training steps first (default 5)")
+    parser.add_argument("--cases", type=int, default=8, help="synthetic cases (default 8)")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's)")
+    parser.add_argument("--loader-epochs", type=int, default=2, help="timed loader epochs per variant")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle train.json")
+    parser.add_argument("--set", type=parse_setting, action="append", default=[], metavar="ID=VALUE",
+                        help="override a config id, as on the monai.bundle command line (repeatable), "
+                             "e.g. --set 'trainer#amp_kwargs={\"dtype\": \"$torch.bfloat16\"}'")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON document here")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------- data
+def _write_synthetic_case(out: Path, index: int, shape: tuple[int, int, int], seed: int) -> dict[str, Any]:
+    """One phantom drawn as a cube of the largest edge, centre-cropped to ``shape``; its datalist entry."""
+    edge = max(shape)
+    images, label = synth_case(np.random.default_rng([seed, index]), edge)
+    crop = tuple(slice((edge - s) // 2, (edge - s) // 2 + s) for s in shape)
+    images = {name: np.ascontiguousarray(image[crop]) for name, image in images.items()}
+    folder = _write_case(out, LAYOUT, index, images, np.ascontiguousarray(label[crop]), brats_affine(edge))
+    name, layout = case_id(LAYOUT, index), FOLDER_LAYOUTS[LAYOUT]
+    return {"image": [str(folder / layout.file_name(name, s)) for s in SEQUENCES],
+            "label": str(folder / layout.file_name(name, LABEL_KEY)), "case_id": name}
+
+
+def synthesize(out: Path, cases: int, shape: tuple[int, int, int], seed: int) -> list[dict[str, Any]]:
+    """Write ``cases`` phantoms in parallel (a 240^3 phantom takes seconds of one core)."""
+    out.mkdir(parents=True)
+    with ProcessPoolExecutor(max_workers=min(cases, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(_write_synthetic_case, out, i, shape, seed) for i in range(cases)]
+        return [f.result() for f in futures]
+
+
+# ----------------------------------------------------------------------------------------- bundle
+def bundle(config: Path, overrides: dict[str, Any]) -> ConfigParser:
+    """A fresh parse of the bundle config: every ``get_parsed_content`` builds new objects."""
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def common_overrides(args: argparse.Namespace, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bench's sizes and data in place of the bundle's datalist; everything else stays the config's."""
+    overrides = {"device": args.device, "roi_size": [args.roi] * 3, "batch_size": args.batch,
+                 "label_convention": LAYOUT, "split": [entries, entries], "cache_rate": 0.0, "epochs": 1}
+    if args.workers is not None:
+        overrides["num_workers"] = args.workers
+    if args.device == "cpu":
+        overrides["amp"] = False  # MONAI's AMP is CUDA autocast
+    return {**overrides, **dict(args.set)}
+
+
+def configure_cudnn(parser: ConfigParser, device: str) -> bool:
+    """Apply the config's ``cudnn_benchmark`` (default: on for CUDA); deterministic kernels when off."""
+    benchmark = bool(parser.get_parsed_content("cudnn_benchmark", default=device == "cuda"))
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cudnn.deterministic = not benchmark
+    return benchmark
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def release(device: str) -> None:
+    """Free what the last measurement held, so each peak-memory reading starts clean."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mib(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / MIB if device == "cuda" else None
+
+
+# ----------------------------------------------------------------------------------------- loader
+def _timed_epochs(loader: Iterable, epochs: int) -> tuple[float, int, dict]:
+    """Seconds for ``epochs`` full passes (worker start-up included, as in training), batches, the first."""
+    start, count, first = time.perf_counter(), 0, None
+    for _ in range(epochs):
+        for batch in loader:
+            first = batch if first is None else first
+            count += 1
+    return time.perf_counter() - start, count, first
+
+
+def loader_throughput(args: argparse.Namespace, overrides: dict[str, Any],
+                      cache_dir: Path) -> tuple[dict[str, Any], dict]:
+    """Cases/s of the bundle's train loader per caching variant, and one training batch."""
+    variants = {
+        "none": {},
+        "memory": {"cache_rate": 1.0},
+        "disk": {"train_dataset": {"_target_": "PersistentDataset", "data": "$@split[0]",
+                                   "transform": "@train_transforms", "cache_dir": str(cache_dir)}},
+    }
+    results: dict[str, Any] = {}
+    for name, extra in variants.items():
+        parser = bundle(args.config, {**overrides, **extra})
+        start = time.perf_counter()
+        loader = parser.get_parsed_content("train_loader")  # CacheDataset fills its cache here
+        fill = time.perf_counter() - start
+        if name == "disk":  # PersistentDataset writes its cache during the first pass
+            fill = _timed_epochs(loader, 1)[0]
+        seconds, batches, batch = _timed_epochs(loader, args.loader_epochs)
+        results[name] = {"cases_per_s": batches * loader.batch_size / seconds,
+                         "cache_fill_s": None if name == "none" else fill}
+        logger.info("loader %s: %.2f cases/s", name, results[name]["cases_per_s"])
+    results["workers"] = loader.num_workers
+    return results, batch
+
+
+# ------------------------------------------------------------------------------------------ train
+class StepTimer:
+    """Wall time of every training step, device-synchronised so queued GPU work is counted.
+
+    A step runs from ITERATION_STARTED to MONAI's MODEL_COMPLETED (after ``optimizer.step()``),
+    so handlers that work after the step, at ITERATION_COMPLETED, are not counted.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self._started)
+        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._completed)
+
+    def _started(self, engine: Engine) -> None:
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def _completed(self, engine: Engine) -> None:
+        synchronize(self.device)
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def time_training(args: argparse.Namespace, overrides: dict[str, Any], batch: dict,
+                  modulation: str) -> dict[str, Any]:
+    """Median step time and peak memory of the bundle's trainer with ``modulation`` ("none" or "cggm").
+
+    One batch, already on the device, is fed again and again: the step time leaves the loader out
+    and the peak memory holds one batch, as in training.
+    """
+    feed = [batch] * (args.warmup + args.steps)
+    # no validation, checkpoints or logs in the loop; the modulation settings stay the config's
+    extra = {"train_loader": feed, "train_handlers": [], "modulation": modulation}
+    parser = bundle(args.config, {**overrides, **extra})
+    trainer = parser.get_parsed_content("trainer")
+    timer = StepTimer(args.device)
+    timer.attach(trainer)
+    release(args.device)
+    trainer.run()
+    step = statistics.median(timer.seconds[args.warmup:])
+    result = {"modulation": modulation, "step_time_s": step,
+              "iterations_per_s": 1.0 / step, "peak_memory_mib": peak_memory_mib(args.device),
+              "amp": bool(trainer.amp),
+              "amp_dtype": str(trainer.amp_kwargs.get("dtype", torch.float16)) if trainer.amp else None}
+    logger.info("train %s: %.3f s/step", result["modulation"], step)
+    return result
+
+
+# -------------------------------------------------------------------------------------- inference
+def time_inference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Per-case latency of the bundle's sliding-window inferer on whole volumes already on the device.
+
+    Mirrors the bundle's validation evaluator: ``no_grad`` and, with AMP, CUDA autocast with its
+    ``amp_kwargs``. One untimed warm-up case lets cuDNN pick its kernels. File reading and writing
+    are not included.
+    """
+    parser = bundle(args.config, overrides)
+    amp = bool(parser.get_parsed_content("amp"))
+    amp_kwargs = parser.get_parsed_content("validate#evaluator#amp_kwargs", default={}) if amp else {}
+    network = parser.get_parsed_content("network").eval()
+    inferer = parser.get_parsed_content("inferer")
+    volumes = [batch["image"].to(args.device) for batch in parser.get_parsed_content("val_loader")]
+    seconds = []
+    with torch.no_grad(), torch.autocast(args.device, enabled=amp, **amp_kwargs):
+        for volume in volumes[:1] + volumes:
+            synchronize(args.device)
+            start = time.perf_counter()
+            inferer(volume, network)
+            synchronize(args.device)
+            seconds.append(time.perf_counter() - start)
+    result = {"latency_s_median": statistics.median(seconds[1:]), "latency_s": seconds[1:],
+              "volume_shape": list(volumes[0].shape[2:]), "amp": amp,
+              "amp_dtype": str(amp_kwargs.get("dtype", torch.float16)) if amp else None}
+    logger.info("inference: %.3f s/case", result["latency_s_median"])
+    return result
+
+
+# ------------------------------------------------------------------------------------------- main
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux), else whatever the platform reports."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor()
+
+
+def environment(args: argparse.Namespace, cudnn_benchmark: bool) -> dict[str, Any]:
+    """What the numbers were measured on, so a reader can compare like with like."""
+    env = {"device": args.device, "cpu": cpu_model(), "nproc": os.cpu_count(), "torch": torch.__version__,
+           "python": platform.python_version(), "cudnn_benchmark": cudnn_benchmark}
+    if args.device == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    return env
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="gpu_bench_") as tmp:
+        start = time.perf_counter()
+        entries = synthesize(Path(tmp) / "brats", args.cases, args.size, args.seed)
+        synthesis = time.perf_counter() - start
+        logger.info("synthesised %d cases of %s in %.1f s", args.cases, args.size, synthesis)
+        overrides = common_overrides(args, entries)
+        cudnn_benchmark = configure_cudnn(bundle(args.config, overrides), args.device)
+        torch.manual_seed(args.seed)
+        loader, batch = loader_throughput(args, overrides, Path(tmp) / "persistent")
+        batch = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        joint = time_training(args, overrides, batch, "none")
+        cggm = time_training(args, overrides, batch, "cggm")
+        del batch
+        release(args.device)
+        inference = time_inference(args, overrides)
+    ratio = cggm["step_time_s"] / joint["step_time_s"]
+    return {
+        "environment": environment(args, cudnn_benchmark),
+        "settings": {"size": list(args.size), "roi": args.roi, "batch": args.batch, "steps": args.steps,
+                     "warmup": args.warmup, "cases": args.cases, "loader_epochs": args.loader_epochs,
+                     "config": str(args.config), "set": dict(args.set)},
+        "synthesis_s": synthesis,
+        "loader": loader,
+        "train": {"joint": joint, "cggm": cggm, "step_time_ratio": ratio},
+        "inference": inference,
+        "targets": {**TARGETS,
+                    "step_time_ratio_met": ratio <= TARGETS["step_time_ratio_max"],
+                    "inference_met": inference["latency_s_median"] <= TARGETS["inference_s_per_case_max"]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_bench: --device cuda but torch sees no GPU; pass --device cpu", file=sys.stderr)
+        return 2
+    if args.cases < args.batch:
+        print(f"gpu_bench: --cases {args.cases} is fewer than one batch of {args.batch}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    document = json.dumps(run(args), indent=2)
+    print(document)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(document + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
