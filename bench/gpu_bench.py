@@ -41,6 +41,7 @@ from monai.bundle import ConfigParser
 from monai.engines import IterationEvents
 
 from cggm_seg.brats_labels import SEQUENCES
+from cggm_seg.bundle import bundle_override
 from data_prep.brats_datalist import FOLDER_LAYOUTS, LABEL_KEY
 from data_prep.synth_brats import _write_case, brats_affine, case_id, synth_case
 
@@ -64,18 +65,6 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return shape
 
 
-def parse_setting(text: str) -> tuple[str, Any]:
-    """``"network_def#channels=[8,16,32,64]"`` -> ``("network_def#channels", [8, 16, 32, 64])``; non-JSON
-    values stay strings, so bundle expressions such as ``$torch.bfloat16`` pass through."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected ID=VALUE like amp=false, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"),
@@ -91,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's)")
     parser.add_argument("--loader-epochs", type=int, default=2, help="timed loader epochs per variant")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle train.json")
-    parser.add_argument("--set", type=parse_setting, action="append", default=[], metavar="ID=VALUE",
+    parser.add_argument("--set", type=bundle_override, action="append", default=[], metavar="ID=VALUE",
                         help="override a config id, as on the monai.bundle command line (repeatable), "
                              "e.g. --set 'trainer#amp_kwargs={\"dtype\": \"$torch.bfloat16\"}'")
     parser.add_argument("--seed", type=int, default=0)

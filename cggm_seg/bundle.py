@@ -5,6 +5,7 @@ Kept out of the JSON so each piece has a docstring, a test and a clear error mes
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Callable
@@ -111,3 +112,15 @@ def existing_file(path: str | Path, setting: str) -> str:
     if not Path(path).is_file():
         raise UserError(f"{setting}: {path} does not exist (train first, or pass --{setting} PATH)")
     return str(path)
+
+
+def bundle_override(text: str) -> tuple[str, Any]:
+    """``ID=JSON`` command-line override -> (id, value); a value that is not JSON stays a string, so bundle
+    expressions such as ``$torch.bfloat16`` pass through."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected ID=JSON, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value

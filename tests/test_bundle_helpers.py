@@ -106,3 +106,15 @@ def test_brats2021_regions_by_hand():
     regions = LabelsToRegionsd("label")({"label": label})["label"]
     # TC = {1, 4}, WT = {1, 2, 4}, ET = {4}
     np.testing.assert_array_equal(regions.numpy(), [[0, 1, 0, 1], [0, 1, 1, 1], [0, 0, 0, 1]])
+
+
+def test_bundle_override_parses_json_and_keeps_expressions():
+    import argparse
+
+    from cggm_seg.bundle import bundle_override
+
+    assert bundle_override("coeff_clip=[0, 2]") == ("coeff_clip", [0, 2])
+    assert bundle_override("amp=false") == ("amp", False)
+    assert bundle_override("dtype=$torch.bfloat16") == ("dtype", "$torch.bfloat16")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected ID=JSON"):
+        bundle_override("novalue")
