@@ -27,12 +27,9 @@ def test_size_and_settings_parse_like_the_command_line() -> None:
     for bad in ("240,240", "a,b,c", "0,1,1"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.parse_shape(bad)
-    assert bench.parse_setting("network_def#channels=[4,8]") == ("network_def#channels", [4, 8])
-    assert bench.parse_setting("amp=false") == ("amp", False)
-    assert bench.parse_setting("trainer#amp_kwargs#dtype=$torch.bfloat16") == (
-        "trainer#amp_kwargs#dtype", "$torch.bfloat16")
-    with pytest.raises(argparse.ArgumentTypeError):
-        bench.parse_setting("no-equals-sign")
+    # --set uses the shared cggm_seg.bundle.bundle_override (tested in test_bundle_helpers.py)
+    args = bench.build_parser().parse_args(["--set", "network_def#channels=[4,8]", "--set", "amp=false"])
+    assert args.set == [("network_def#channels", [4, 8]), ("amp", False)]
 
 
 def test_refuses_fewer_cases_than_a_batch(capsys: pytest.CaptureFixture) -> None:
