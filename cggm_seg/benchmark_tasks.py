@@ -41,6 +41,7 @@ class Task:
     bundle: ClassVar[str]
     modalities: ClassVar[tuple[str, ...]]
     dominant: ClassVar[str]  # the modality made easy to learn from
+    paper_lambda: ClassVar[float]  # the paper's lambda for this dataset, whatever the bundle's default
     score_key: ClassVar[str]
     score_label: ClassVar[str]
     score_keys: ClassVar[tuple[str, ...]]  # the scores the tables show, score_key first
@@ -60,19 +61,19 @@ class Task:
     def variants(cls) -> dict[str, Variant]:
         """Every method the benchmark knows, with the settings it uses on this task.
 
-        CGGM variants keep the bundle's ``rho``/``lambda`` and change one thing each. The OGM-GE
-        ``alpha`` and the MSLR factor are set once here, not tuned: the dominant modality's encoder
-        learns at half the rate under MSLR.
+        CGGM variants keep the bundle's ``rho`` and the paper's ``lambda`` and change one thing
+        each. The OGM-GE ``alpha`` and the MSLR factor are set once here, not tuned: the dominant
+        modality's encoder learns at half the rate under MSLR.
         """
-        d = cls.dominant
+        d, lam = cls.dominant, cls.paper_lambda
         variants = (
             Variant("joint", "none", {}, "joint training: no balancing"),
-            Variant("cggm", "cggm", {"direction": "gradient"},
-                    "CGGM as in the paper: gradient direction, the bundle's rho and lambda"),
-            Variant("cggm_weights", "cggm", {"direction": "weights"},
+            Variant("cggm", "cggm", {"direction": "gradient", "lam": lam},
+                    "CGGM as in the paper: gradient direction, the paper's lambda"),
+            Variant("cggm_weights", "cggm", {"direction": "weights", "lam": lam},
                     "CGGM with the authors' code's weight-cosine direction"),
             Variant("cggm_magnitude", "cggm", {"lam": 0.0}, "CGGM magnitude modulation only (lambda = 0)"),
-            Variant("cggm_ema", "cggm", {"utilisation_momentum": 0.9},
+            Variant("cggm_ema", "cggm", {"direction": "gradient", "lam": lam, "utilisation_momentum": 0.9},
                     "CGGM (gradient) on an EMA of the utilisation (momentum 0.9)"),
             Variant("ogm_ge", "ogm_ge", {"alpha": 0.5}, "OGM-GE, M-modality form, alpha 0.5, with noise"),
             Variant("mslr", "mslr", {"lr_scales": {d: 0.5}}, f"modality-specific learning rates: {d} x 0.5"),
@@ -118,6 +119,7 @@ class BratsTask(Task):
     bundle = "brats_cggm"
     modalities = ("flair", "t1", "t1ce", "t2")
     dominant = "t1ce"
+    paper_lambda = 0.1
     score_key = "dice_mean"
     score_label = "mean Dice (WT, TC, ET)"
     score_keys = ("dice_mean", "dice_wt", "dice_tc", "dice_et", "hd95_mean")
@@ -197,6 +199,7 @@ class MosiTask(Task):
     bundle = "mosi_cggm"
     modalities = ("text", "audio", "vision")
     dominant = "text"
+    paper_lambda = 0.2
     score_key = "acc2"
     score_label = "Acc-2"
     score_keys = ("acc2", "f1_weighted", "mae", "corr")
