@@ -35,5 +35,5 @@ USER 1000:1000
 VOLUME ["/data", "/output"]
 
 # No entrypoint, so any command runs as given: `cggm-seg ...`, `python -m monai.bundle ...`,
-# `torchrun ... -m monai.bundle ...` or `python bench/gpu_bench.py ...`.
+# `torchrun ... -m monai.bundle ...` or `cggm-seg benchmark gpu ...`.
 CMD ["cggm-seg", "--help"]

@@ -7,7 +7,10 @@ tissues differently, so every conversion takes the layout's convention by name.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +19,8 @@ from cggm_seg.errors import UserError
 REGIONS = ("TC", "WT", "ET")
 # Fixed order of the four sequences in every datalist entry and every 4-channel image.
 SEQUENCES = ("flair", "t1", "t1ce", "t2")
+# File-name endings that follow the case id: label files and the BraTS 2021 / 2023 sequences.
+_CASE_SUFFIX = re.compile(r"[_-](seg|flair|t1|t1ce|t2|t2f|t1n|t1c|t2w)$")
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,9 @@ def get_convention(name: str) -> LabelConvention:
         return CONVENTIONS[name]
     except KeyError:
         raise UserError(f"unknown label convention {name!r}; expected one of {sorted(CONVENTIONS)}") from None
+
+
+def case_id_from_filename(name: str | os.PathLike) -> str:
+    """Case id of a BraTS file name: ``X_flair.nii.gz``, ``X-seg.nii.gz``, ``X.nii.gz`` ... -> ``X``."""
+    base = re.sub(r"\.nii(\.gz)?$", "", Path(name).name)
+    return _CASE_SUFFIX.sub("", base)

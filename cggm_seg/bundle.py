@@ -1,4 +1,5 @@
-"""Small functions the bundle configs call: datalist folds, resume checkpoints, output names.
+"""Where the bundles are, and the small functions their configs call: datalist folds, resume
+checkpoints, output names, command-line overrides.
 
 Kept out of the JSON so each piece has a docstring, a test and a clear error message.
 """
@@ -6,6 +7,7 @@ Kept out of the JSON so each piece has a docstring, a test and a clear error mes
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import re
 from collections.abc import Callable
@@ -14,10 +16,28 @@ from typing import Any
 
 from monai.data import load_decathlon_datalist
 
-from cggm_seg.brats_labels import SEQUENCES
+from cggm_seg.brats_labels import case_id_from_filename
 from cggm_seg.errors import UserError
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def bundles_root() -> Path:
+    """The folder holding the shipped bundles: package data in a wheel, ``bundles/`` in a checkout."""
+    return Path(str(importlib.resources.files("cggm_seg") / "bundles")).resolve()
+
+
+def bundle_names() -> list[str]:
+    """The shipped bundles, by folder name."""
+    return sorted(p.name for p in bundles_root().iterdir() if (p / "configs" / "metadata.json").is_file())
+
+
+def bundle_dir(name: str) -> Path:
+    """The root folder of the shipped bundle ``name`` (it holds ``configs/`` and ``docs/``)."""
+    path = bundles_root() / name
+    if not (path / "configs").is_dir():
+        raise UserError(f"bundle: no bundle named {name!r}; the shipped bundles are {bundle_names()}")
+    return path
 
 
 def read_datalist(datalist: str | Path) -> dict[str, Any]:
@@ -75,26 +95,12 @@ def latest_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def case_id_from_path(path: str | Path) -> str:
-    """Case id of an image file: ``BraTS2021_00000_flair.nii.gz`` -> ``BraTS2021_00000``, ``BRATS_001.nii.gz``
-    -> ``BRATS_001``."""
-    name = Path(str(path)).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    for sequence in (*SEQUENCES, "t2f", "t1n", "t1c", "t2w"):
-        for sep in ("_", "-"):
-            if name.endswith(sep + sequence):
-                return name[: -len(sequence) - 1]
-    return name
-
-
 def case_name_formatter(metadict: dict, saver: Any) -> dict[str, str]:
     """``SaveImage`` name formatter: ``<case_id>.nii.gz``, the name ``cggm-seg evaluate`` reads."""
     source = metadict.get("filename_or_obj", "") if metadict else ""
     if isinstance(source, (list, tuple)):
         source = source[0]
-    return {"subject": case_id_from_path(source)}
+    return {"subject": case_id_from_filename(source)}
 
 
 def region_output(index: int) -> Callable[[Any], tuple[list, list]]:

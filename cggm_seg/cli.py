@@ -14,29 +14,53 @@ import sys
 
 from cggm_seg.errors import UserError
 
+_C = "cggm_seg.commands."
 # command -> (help, module) or command -> {subcommand: (help, module)}
 COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
-    "demo": ("synthetic BraTS data -> CGGM training -> evaluation table", "cggm_seg.demo"),
+    "demo": ("synthetic BraTS data -> CGGM training -> evaluation table", _C + "demo"),
     "synth": {
-        "brats": ("synthetic BraTS-2021-format phantoms (NIfTI)", "data_prep.synth_brats"),
-        "mosi": ("synthetic CMU-MOSI pickles in the MulT/MMSA formats", "data_prep.synth_mosi"),
-        "iemocap": ("synthetic IEMOCAP data in the MulT / h5 feature formats", "data_prep.synth_iemocap"),
-        "food101": ("synthetic UPMC-Food-101 lists and features", "data_prep.synth_food101"),
+        "brats": ("synthetic BraTS-2021-format phantoms (NIfTI)", _C + "synth_brats"),
+        "mosi": ("synthetic CMU-MOSI pickles in the MulT/MMSA formats", _C + "synth_mosi"),
+        "iemocap": ("synthetic IEMOCAP data in the MulT / h5 feature formats", _C + "synth_iemocap"),
+        "food101": ("synthetic UPMC-Food-101 lists and features", _C + "synth_food101"),
     },
     "prepare": {
-        "brats": ("validate a BraTS folder and write a k-fold datalist JSON", "data_prep.brats_datalist"),
+        "brats": ("validate a BraTS folder and write a k-fold datalist JSON", _C + "prepare_brats"),
     },
-    "evaluate": ("BraTS Dice/HD95 of a folder of label maps against ground truth", "cggm_seg.evaluate"),
-    "bench": {
-        "overhead": ("step time and memory of CGGM against joint training", "cggm_seg.bench_overhead"),
+    "evaluate": ("BraTS Dice/HD95 of a folder of label maps against ground truth", _C + "evaluate"),
+    "benchmark": {
+        "balance": ("methods x seeds x tasks: does balancing help?", _C + "benchmark_balance"),
+        "overhead": ("step time and memory of CGGM against joint training", _C + "benchmark_overhead"),
+        "gpu": ("GPU cost of the BraTS bundle: loader, training step, inference", _C + "benchmark_gpu"),
+    },
+    "bundle": {
+        "path": ("print the folder of a shipped MONAI bundle", _C + "bundle_path"),
     },
     "food101": {
-        "extract": ("frozen ViT/BERT features for Food-101 from local model folders",
-                    "cggm_seg.adapters.food101_extract"),
+        "extract": ("frozen ViT/BERT features for Food-101 from local model folders", _C + "food101_extract"),
     },
-    "benchmark": ("methods x seeds modality-balance benchmark -> docs/BENCHMARK.md", "cggm_seg.benchmark"),
-    "report": ("PNG plots and a slice montage for a training run", "cggm_seg.report"),
+    "report": ("PNG plots and a slice montage for a training run", _C + "report"),
 }
+
+#: old spellings, rewritten before parsing: `benchmark [options]` is `benchmark balance`, `bench overhead` is
+#: `benchmark overhead`
+_DEFAULT_SUBCOMMAND = {"benchmark": "balance"}
+_RENAMED = {"bench": "benchmark"}
+
+
+def _canonical(argv: list[str]) -> list[str]:
+    """``argv`` with the old spellings replaced by the current ones."""
+    words = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    if not words:
+        return argv
+    first = words[0]
+    argv = [*argv[:first], _RENAMED.get(argv[first], argv[first]), *argv[first + 1:]]
+    default = _DEFAULT_SUBCOMMAND.get(argv[first])
+    group = COMMANDS.get(argv[first])
+    following = argv[first + 1] if first + 1 < len(argv) else None
+    if default and isinstance(group, dict) and following not in group and following not in ("-h", "--help"):
+        argv = [*argv[:first + 1], default, *argv[first + 1:]]
+    return argv
 
 
 def _leaf_parser(parent: argparse._SubParsersAction, name: str, entry: tuple[str, str],
@@ -68,7 +92,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _canonical(sys.argv[1:] if argv is None else list(argv))
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

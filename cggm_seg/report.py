@@ -1,4 +1,4 @@
-"""`cggm-seg report RUN_DIR`: PNG plots of a BraTS bundle training run and a slice montage.
+"""PNG plots of a BraTS bundle training run and a slice montage (``cggm-seg report RUN_DIR``).
 
 Curves come from the run's TensorBoard event files (written by the bundle's TensorBoardStatsHandler):
 the training ``loss``, the validation Dice (``val_mean_dice``, ``val_dice_wt/tc/et``) and the
@@ -11,8 +11,6 @@ are not given.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -21,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cggm_seg.bundle import bundle_dir
 from cggm_seg.errors import UserError
 from cggm_seg.plots import line_panels, overlay_montage, robust_limits
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "brats_cggm" / "configs" / "train.json"
+DEFAULT_CONFIG = bundle_dir("brats_cggm") / "configs" / "train.json"
 VALIDATION_TAGS = ("val_mean_dice", "val_dice_wt", "val_dice_tc", "val_dice_et")
 #: per-modality curve kind -> (file name, axis label)
 MODALITY_CURVES = {
@@ -89,16 +88,6 @@ def plot_curves(scalars: Curves, out: Path, smooth: int) -> tuple[list[Path], li
     return written, notes
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UserError(f"--override: {text!r} is not KEY=VALUE (e.g. network_def#channels=[8,16,32,64])")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def montage(run_dir: Path, out: Path, dataset_dir: Path, datalist: Path | None, checkpoint: Path,
             config: Path, overrides: dict[str, Any], fold: int) -> Path:
     """Predict the first validation case of ``fold`` with ``checkpoint`` and draw the montage."""
@@ -138,45 +127,3 @@ def montage(run_dir: Path, out: Path, dataset_dir: Path, datalist: Path | None, 
     case_id = case.get("case_id", Path(str(case["label"])).name)
     return overlay_montage({n: image[i, :, :, k] for i, n in enumerate(names)}, rows, out / "montage.png",
                            title=f"{case_id}, axial slice {k} (fold {fold} validation case)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="output_dir of a brats_cggm training run")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default RUN_DIR/report)")
-    parser.add_argument("--dataset-dir", type=Path, default=None,
-                        help="the run's dataset_dir; without it the slice montage is skipped")
-    parser.add_argument("--datalist", type=Path, default=None,
-                        help="datalist JSON (default DATASET_DIR/datalist.json)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="weights for the montage (default RUN_DIR/model.pt)")
-    parser.add_argument("--fold", type=int, default=0,
-                        help="validation fold the montage case comes from (default 0)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the bundle's train.json")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="a bundle setting the run was trained with (JSON value), e.g. "
-                             "'network_def#channels=[8,16,32,64]'; repeatable")
-    parser.add_argument("--smooth", type=int, default=None,
-                        help="moving-average window of per-iteration curves (default: 1/50 of the run)")
-
-
-def main(args: argparse.Namespace) -> int:
-    run_dir = args.run_dir
-    if not run_dir.is_dir():
-        raise UserError(f"RUN_DIR: {run_dir} is not a folder")
-    out = args.out or run_dir / "report"
-    scalars = read_scalars(run_dir)
-    longest = max((len(steps) for steps, _ in scalars.values()), default=1)
-    written, notes = plot_curves(scalars, out, args.smooth or max(1, longest // 50))
-    if args.dataset_dir is None:
-        notes.append("montage skipped: pass --dataset-dir (and --datalist if it is not "
-                     "DATASET_DIR/datalist.json)")
-    else:
-        overrides = dict(_parse_override(text) for text in args.override)
-        checkpoint = args.checkpoint or run_dir / "model.pt"
-        written.append(montage(run_dir, out, args.dataset_dir, args.datalist, checkpoint, args.config,
-                               overrides, args.fold))
-    for path in written:
-        print(f"wrote {path}")
-    for note in notes:
-        print(f"note: {note}")
-    return 0

@@ -21,7 +21,6 @@ case id is the case folder's name, so a loaded ``case_id`` is that folder's path
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -252,25 +251,3 @@ def write_datalist(root: Path, out: Path, folds: int, seed: int = 0, skip_invali
     with atomic_output(out) as tmp:
         tmp.write_text(json.dumps(datalist, indent=2) + "\n")
     return datalist, problems
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, required=True,
-                        help="BraTS folder (2021, 2023 GLI or MSD Task01)")
-    parser.add_argument("--out", type=Path, required=True, help="datalist JSON to write")
-    parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle (default 0)")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="leave out cases with problems (listed as warnings) instead of failing")
-    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-
-
-def main(args: argparse.Namespace) -> int:
-    datalist, problems = write_datalist(args.root, args.out, args.folds, args.seed, args.skip_invalid,
-                                        args.force)
-    for problem in problems:
-        logger.warning("skipped %s", problem)
-    sizes = np.bincount([e["fold"] for e in datalist["training"]], minlength=args.folds).tolist()
-    print(f"wrote {args.out}: {len(datalist['training'])} {datalist['layout']} cases, "
-          f"{args.folds} folds of {sizes}" + (f", {len(problems)} problem(s) skipped" if problems else ""))
-    return 0

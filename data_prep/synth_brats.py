@@ -21,11 +21,8 @@ from its own generator seeded by ``(s, i)``: it does not depend on how many case
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import math
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -36,8 +33,6 @@ from tqdm import tqdm
 from cggm_seg.brats_labels import CONVENTIONS, SEQUENCES
 from cggm_seg.errors import UserError
 from data_prep.brats_datalist import FOLDER_LAYOUTS, LABEL_KEY, LAYOUTS, MSD_IMAGES, MSD_LABELS, atomic_output
-
-logger = logging.getLogger(__name__)
 
 MIN_SIZE = 16  # below this a tumour's three regions no longer fit reliably
 DEFAULT_NOISE = 0.04
@@ -177,7 +172,7 @@ def case_id(layout: str, index: int) -> str:
             "msd": f"BRATS_{index + 1:03d}"}[layout]
 
 
-def _write_case(out: Path, layout: str, index: int, images: dict[str, np.ndarray], label: np.ndarray,
+def write_case(out: Path, layout: str, index: int, images: dict[str, np.ndarray], label: np.ndarray,
                 affine: np.ndarray) -> Path:
     """Write one case in ``layout``; returns its folder (folder layouts) or its 4-D image (MSD)."""
     name = case_id(layout, index)
@@ -237,7 +232,7 @@ def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str
     written = []
     for index in tqdm(range(cases), desc="synthesising", unit="case", disable=None):
         images, label = synth_case(np.random.default_rng([seed, index]), size, noise, contrast)
-        written.append(_write_case(out, layout, index, images, label, affine))
+        written.append(write_case(out, layout, index, images, label, affine))
     if layout == "msd":
         with atomic_output(out / "dataset.json") as tmp:
             tmp.write_text(json.dumps(_msd_description(cases), indent=4) + "\n")
@@ -257,29 +252,3 @@ def parse_sequence_values(text: str, option: str) -> dict[str, float]:
             raise UserError(f"{option}: {item!r} is not name=number "
                             f"(e.g. {option} flair=0.3,t1ce=2)") from None
     return values
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True,
-                        help="folder to write (must be empty unless --force)")
-    parser.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
-    parser.add_argument("--size", type=int, default=64,
-                        help="edge of the cubic volume in voxels (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="brats2021",
-                        help="file layout (default brats2021)")
-    parser.add_argument("--noise", default="", metavar="SEQ=STD,...",
-                        help=f"per-sequence noise std in T1 white-matter units (default {DEFAULT_NOISE})")
-    parser.add_argument("--contrast", default="", metavar="SEQ=FACTOR,...",
-                        help="per-sequence lesion contrast factor; 0 hides the tumour (default 1)")
-    parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
-
-
-def main(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    written = write_brats_dataset(args.out, args.cases, args.size, args.seed, args.layout,
-                                  parse_sequence_values(args.noise, "--noise"),
-                                  parse_sequence_values(args.contrast, "--contrast"), args.force)
-    logger.info("synthesised %d cases in %.1f s", len(written), time.perf_counter() - start)
-    print(f"wrote {len(written)} {args.layout} cases of {args.size}^3 voxels to {args.out}")
-    return 0

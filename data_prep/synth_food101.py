@@ -11,9 +11,7 @@ the image weakly (see :mod:`data_prep.synth_sequences`).
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,6 @@ from cggm_seg.errors import UserError
 from cggm_seg.io import write_atomic
 from data_prep.synth_sequences import (
     ModalitySpec,
-    add_common_arguments,
     check_output_dir,
     class_labels,
     label_codes,
@@ -33,8 +30,6 @@ from data_prep.synth_sequences import (
     random_lengths,
     split_sizes,
 )
-
-log = logging.getLogger(__name__)
 
 # image: a ViT's [CLS] + 4 patch tokens; text: up to 12 BERT tokens
 SPECS = (ModalitySpec("image", 5, 16, 0.4), ModalitySpec("text", 12, 16, 1.0))
@@ -82,21 +77,14 @@ def _write_split(out: Path, split: str, n: int, num_classes: int, weights: dict[
         write_atomic(path, lambda tmp, a=arrays[kind]: np.save(tmp, a), True)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="folder to fill")
-    parser.add_argument("--classes", type=int, default=4,
-                        help="how many of the 101 classes occur (default 4, so a few epochs learn them)")
-    add_common_arguments(parser, default_n=96)
-
-
-def main(args: argparse.Namespace) -> int:
-    if not 2 <= args.classes <= len(CLASS_NAMES):
-        raise UserError(f"--classes must be between 2 and {len(CLASS_NAMES)}, got {args.classes}")
-    check_output_dir(args.out, args.force)
-    rng = np.random.default_rng(args.seed)
-    weights = projections(SPECS, args.classes, rng)
-    sizes = split_sizes(args.n)
+def write_food101(out: Path, n: int, classes: int, seed: int, force: bool = False) -> dict[str, int]:
+    """Write the three lists, images and features of ``n`` training records over ``classes`` classes."""
+    if not 2 <= classes <= len(CLASS_NAMES):
+        raise UserError(f"--classes must be between 2 and {len(CLASS_NAMES)}, got {classes}")
+    check_output_dir(out, force)
+    rng = np.random.default_rng(seed)
+    weights = projections(SPECS, classes, rng)
+    sizes = split_sizes(n)
     for split, size in sizes.items():
-        _write_split(args.out, split, size, args.classes, weights, rng)
-    log.info("wrote %s (%s records, %d classes)", args.out, sizes, args.classes)
-    return 0
+        _write_split(out, split, size, classes, weights, rng)
+    return sizes

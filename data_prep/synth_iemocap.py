@@ -10,8 +10,6 @@ weakly, vision weakest (see :mod:`data_prep.synth_sequences`).
 
 from __future__ import annotations
 
-import argparse
-import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,6 @@ from cggm_seg.adapters.iemocap import DEFAULT_FEATURE_TYPES, FEATURE_DIRS, H5_SP
 from cggm_seg.io import write_atomic
 from data_prep.synth_sequences import (
     ModalitySpec,
-    add_common_arguments,
     check_output_dir,
     class_labels,
     label_codes,
@@ -32,8 +29,6 @@ from data_prep.synth_sequences import (
     random_lengths,
     split_sizes,
 )
-
-log = logging.getLogger(__name__)
 
 SPECS = (ModalitySpec("text", 10, 16, 1.0), ModalitySpec("audio", 16, 8, 0.5),
          ModalitySpec("vision", 12, 8, 0.3))
@@ -98,25 +93,13 @@ def write_h5_folder(root: Path, splits: dict[str, dict[str, Any]], cv: int, forc
         write_atomic(target / f"{prefix}_int2name.npy", lambda tmp, a=utterances: np.save(tmp, a), force)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path,
-                        help="pickle to write (--format mult) or folder to fill (--format h5)")
-    parser.add_argument("--format", choices=FORMATS, default="mult",
-                        help="MulT pickle or h5 folder (default mult)")
-    parser.add_argument("--cv", type=int, default=1,
-                        help="fold folder under target/ for --format h5 (default 1)")
-    add_common_arguments(parser, default_n=96)
-
-
-def main(args: argparse.Namespace) -> int:
-    splits = make_splits(args.n, args.seed, variable=args.format == "h5")
-    if args.format == "mult":
+def write_iemocap(out: Path, fmt: str, n: int, seed: int, cv: int = 1, force: bool = False) -> dict[str, int]:
+    """Write a MulT pickle (``fmt="mult"``) or the h5 feature folder (``"h5"``); samples per split."""
+    splits = make_splits(n, seed, variable=fmt == "h5")
+    if fmt == "mult":
         data = _mult_pickle(splits)
-        write_atomic(args.out, lambda tmp: tmp.write_bytes(pickle.dumps(data, protocol=PICKLE_PROTOCOL)),
-                     args.force)
+        write_atomic(out, lambda tmp: tmp.write_bytes(pickle.dumps(data, protocol=PICKLE_PROTOCOL)), force)
     else:
-        check_output_dir(args.out, args.force)
-        write_h5_folder(args.out, splits, args.cv, force=True)
-    log.info("wrote %s (%s layout, %s samples)", args.out, args.format,
-             {split: len(data["labels"]) for split, data in splits.items()})
-    return 0
+        check_output_dir(out, force)
+        write_h5_folder(out, splits, cv, force=True)
+    return {split: len(data["labels"]) for split, data in splits.items()}

@@ -9,8 +9,6 @@ Text carries the sentiment strongly, audio weakly, vision weakest (see
 
 from __future__ import annotations
 
-import argparse
-import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ import numpy as np
 from cggm_seg.io import write_atomic
 from data_prep.synth_sequences import (
     ModalitySpec,
-    add_common_arguments,
     label_codes,
     modality_features,
     projections,
@@ -28,8 +25,6 @@ from data_prep.synth_sequences import (
     sentiment_labels,
     split_sizes,
 )
-
-log = logging.getLogger(__name__)
 
 SPECS = (ModalitySpec("text", 12, 16, 1.0), ModalitySpec("audio", 16, 8, 0.5),
          ModalitySpec("vision", 16, 8, 0.25))
@@ -78,17 +73,8 @@ def make_mosi(fmt: str, n: int, seed: int) -> dict[str, dict[str, Any]]:
     return {split: make_split(size, split, weights, rng) for split, size in split_sizes(n).items()}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="pickle to write, e.g. mosi_data_noalign.pkl")
-    parser.add_argument("--format", choices=FORMATS, default="mult",
-                        help="MulT or MMSA layout (default mult)")
-    add_common_arguments(parser, default_n=96)
-
-
-def main(args: argparse.Namespace) -> int:
-    data = make_mosi(args.format, args.n, args.seed)
-    write_atomic(args.out, lambda tmp: tmp.write_bytes(pickle.dumps(data, protocol=PICKLE_PROTOCOL)),
-                 args.force)
-    log.info("wrote %s (%s layout, %s samples)", args.out, args.format,
-             {split: len(d["text"]) for split, d in data.items()})
-    return 0
+def write_mosi(out: Path, fmt: str, n: int, seed: int, force: bool = False) -> dict[str, int]:
+    """Write the MulT or MMSA pickle; samples per split."""
+    data = make_mosi(fmt, n, seed)
+    write_atomic(out, lambda tmp: tmp.write_bytes(pickle.dumps(data, protocol=PICKLE_PROTOCOL)), force)
+    return {split: len(d["text"]) for split, d in data.items()}

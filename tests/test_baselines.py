@@ -9,16 +9,17 @@ import torch
 from monai.engines import IterationEvents
 from toy_multimodal import GradSnapshot, accuracy, make_models, make_trainer, toy_data
 
-from cggm_seg.baselines import (
+from cggm_seg.errors import UserError
+from cggm_seg.modulation import (
+    METHODS,
+    CGGMHandler,
     MSLRHandler,
     OGMGEHandler,
     UnimodalHandler,
+    build_modulation,
     keep_only_modality,
-    ogm_ge_coefficients,
 )
-from cggm_seg.errors import UserError
-from cggm_seg.handlers import CGGMHandler
-from cggm_seg.modulation import METHODS, build_modulation
+from cggm_seg.modulation.ogm_ge import ogm_ge_coefficients
 
 
 def scripted(values):
@@ -243,7 +244,7 @@ def test_no_handler_runs_on_an_overflow_step():
 def test_head_monitor_measures_after_the_step_and_changes_nothing():
     from ignite.engine import Events
 
-    from cggm_seg.handlers import HeadMonitor
+    from cggm_seg.modulation import HeadMonitor
 
     plain, _ = first_step_grads()
     net, heads = make_models()

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from cggm_seg import cli
-from cggm_seg.benchmark import preload_modules
-from cggm_seg.benchmark_doc import aggregate, recommendation, top_share, verdict
-from cggm_seg.benchmark_tasks import SETTINGS, TASKS, MosiTask
+from cggm_seg.benchmark.balance import preload_modules
+from cggm_seg.benchmark.document import aggregate, recommendation, top_share, verdict
+from cggm_seg.benchmark.tasks import SETTINGS, TASKS, MosiTask
 
 
 def run(variant, seed, acc2, drops, step=0.1, peak=100.0):
@@ -66,7 +66,7 @@ def test_recommendation_is_the_best_cggm_setting_and_says_when_none_beats_joint(
 
 def test_children_preload_the_bundles_modules():
     modules = preload_modules([TASKS[name](SETTINGS[name]["quick"]) for name in TASKS])
-    for name in ("cggm_seg.benchmark_run", "cggm_seg.networks", "cggm_seg.score_handler",
+    for name in ("cggm_seg.benchmark.run", "cggm_seg.networks", "cggm_seg.metrics.score_handler",
                  "cggm_seg.modulation", "cggm_seg.networks.sequence"):
         assert name in modules
 

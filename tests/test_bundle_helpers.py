@@ -9,8 +9,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from cggm_seg.brats_labels import case_id_from_filename
 from cggm_seg.bundle import (
-    case_id_from_path,
     case_name_formatter,
     datalist_convention,
     existing_file,
@@ -78,7 +78,7 @@ def test_latest_checkpoint_picks_the_highest_epoch(tmp_path):
     ],
 )
 def test_case_ids(path, case):
-    assert case_id_from_path(path) == case
+    assert case_id_from_filename(path) == case
     assert case_name_formatter({"filename_or_obj": path}, None) == {"subject": case}
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_metadata
 
+from cggm_seg.commands import synth_food101, synth_iemocap, synth_mosi
 from cggm_seg.errors import UserError
-from cggm_seg.handlers import CGGMHandler
-from data_prep import synth_food101, synth_iemocap, synth_mosi
+from cggm_seg.modulation import CGGMHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT.parent / "shared" / "schema" / "meta_schema_20240725.json"

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from ignite.engine import Events
 from toy_multimodal import accuracy, make_models, make_trainer, toy_data
 
-from cggm_seg.handlers import CGGMHandler
+from cggm_seg.modulation import CGGMHandler
 
 ITERATIONS = 2
 

@@ -12,7 +12,7 @@ from toy_multimodal import GradSnapshot, accuracy, make_models, make_trainer, to
 
 from cggm_seg.cggm import balance_coefficients, balancing_term, flat_cosine
 from cggm_seg.errors import UserError
-from cggm_seg.handlers import CGGMHandler, ClipGradNorm, modulation_scalars
+from cggm_seg.modulation import CGGMHandler, ClipGradNorm, modulation_scalars
 
 
 def scripted_metric(values):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cggm_seg.bench_overhead import measure_overhead
+from cggm_seg.benchmark.overhead import measure_overhead
 from cggm_seg.cli import COMMANDS, main
 
 

@@ -12,11 +12,12 @@ from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Activationsd, AsDiscreted, Compose
 
+from cggm_seg.brats_labels import case_id_from_filename
 from cggm_seg.cli import main as cli_main
 from cggm_seg.errors import UserError
-from cggm_seg.evaluate import case_id_from_filename, format_summary, score_folders, summarise, write_scores
 from cggm_seg.metrics.brats import HD95_EMPTY_PENALTY_MM
-from cggm_seg.score_handler import BratsScoreHandler
+from cggm_seg.metrics.score_handler import BratsScoreHandler
+from cggm_seg.metrics.scoring import format_summary, score_folders, summarise, write_scores
 
 SHAPE = (6, 6, 6)
 AFFINE = np.diag([1.0, 1.0, 2.5, 1.0])

@@ -1,9 +1,8 @@
-"""bench/gpu_bench.py: runs end to end at a tiny CPU size and reports every number, finite and positive."""
+"""`cggm-seg benchmark gpu`: runs end to end at a tiny CPU size and reports every number, finite and > 0."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import subprocess
@@ -12,35 +11,39 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_bench.py"
-TINY = ["--device", "cpu", "--size", "24,24,16", "--roi", "16", "--steps", "2", "--warmup", "1",
+from cggm_seg import cli
+from cggm_seg.commands import benchmark_gpu
+
+TINY = ["--device", "cpu", "--size", "24,24,16", "--roi", "16", "--steps", "2",
         "--cases", "2", "--workers", "0", "--loader-epochs", "1", "--set", "network_def#channels=[4,8,16,32]"]
 
 
-_SPEC = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    benchmark_gpu.add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def test_size_and_settings_parse_like_the_command_line() -> None:
-    assert bench.parse_shape("240,240,155") == (240, 240, 155)
+    assert benchmark_gpu.parse_shape("240,240,155") == (240, 240, 155)
     for bad in ("240,240", "a,b,c", "0,1,1"):
         with pytest.raises(argparse.ArgumentTypeError):
-            bench.parse_shape(bad)
+            benchmark_gpu.parse_shape(bad)
     # --set uses the shared cggm_seg.bundle.bundle_override (tested in test_bundle_helpers.py)
-    args = bench.build_parser().parse_args(["--set", "network_def#channels=[4,8]", "--set", "amp=false"])
+    args = _parse(["--set", "network_def#channels=[4,8]", "--set", "amp=false"])
     assert args.set == [("network_def#channels", [4, 8]), ("amp", False)]
 
 
 def test_refuses_fewer_cases_than_a_batch(capsys: pytest.CaptureFixture) -> None:
-    assert bench.main(["--device", "cpu", "--cases", "1", "--batch", "2"]) == 2
+    assert cli.main(["benchmark", "gpu", "--device", "cpu", "--cases", "1", "--batch", "2"]) == 2
     assert "fewer than one batch" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_tiny_cpu_run_reports_every_number(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--out", str(out)],
+    command = [sys.executable, "-m", "cggm_seg.cli", "benchmark", "gpu", *TINY, "--out", str(out)]
+    result = subprocess.run(command,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)

@@ -7,7 +7,7 @@ import torch
 from toy_multimodal import accuracy, make_models, toy_data
 
 from cggm_seg.errors import UserError
-from cggm_seg.reliance import evaluator_metric, head_scores, modality_reliance
+from cggm_seg.metrics.reliance import evaluator_metric, head_scores, modality_reliance
 
 NAMES = ["a", "b", "c"]
 ENCODERS = ["encoders.0", "encoders.1", "encoders.2"]

@@ -11,9 +11,7 @@ Files are written under temporary names and renamed only when a split is complet
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cggm_seg.adapters.food101 import LIST_NAMES, feature_paths, list_path, read_records
-from cggm_seg.adapters.sequence_core import SPLITS
+from cggm_seg.adapters.food101 import feature_paths, list_path, read_records
 from cggm_seg.errors import UserError
 from cggm_seg.io import atomic_path, check_new_outputs
-
-log = logging.getLogger(__name__)
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -105,33 +100,15 @@ def extract_split(data_dir: Path, split: str, encoders: FrozenEncoders, out_dir:
     return len(records)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path,
-                        help="folder with {train,dev,test}.json and the images")
-    parser.add_argument("--vit", required=True, type=Path, help="local ViT folder (model + image processor)")
-    parser.add_argument("--bert", required=True, type=Path, help="local BERT folder (model + tokenizer)")
-    parser.add_argument("--out", type=Path, default=None, help="feature folder (default DATA/features)")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
-                        help=f"splits to extract (default all; lists {', '.join(LIST_NAMES.values())})")
-    parser.add_argument("--max-text-len", type=int, default=50, help="BERT tokens per text (default 50)")
-    parser.add_argument("--batch-size", type=int, default=32, help="records per forward pass (default 32)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float16",
-                        help="feature precision on disk (default float16: half the size)")
-    parser.add_argument("--force", action="store_true", help="replace existing feature files")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.max_text_len < 2 or args.batch_size < 1:
-        raise UserError(f"--max-text-len must be >= 2 and --batch-size >= 1, got {args.max_text_len}, "
-                        f"{args.batch_size}")
-    out_dir = args.out or args.data / "features"
-    for split in args.splits:  # fail on an existing output before minutes of extraction
-        check_new_outputs(feature_paths(out_dir, split).values(), args.force)
-    encoders = FrozenEncoders(args.vit, args.bert, args.device, args.max_text_len)
-    for split in args.splits:
-        count = extract_split(args.data, split, encoders, out_dir, args.batch_size, DTYPES[args.dtype],
-                              args.force)
-        log.info("%s (%s.json): %d records -> %s", split, LIST_NAMES[split], count, out_dir)
-    return 0
+def extract_features(data_dir: Path, vit: Path, bert: Path, out_dir: Path, splits: list[str],
+                     max_text_len: int, batch_size: int, device: str, dtype: str,
+                     force: bool = False) -> dict[str, int]:
+    """Frozen ViT/BERT features of every record of ``splits``; records per split."""
+    if max_text_len < 2 or batch_size < 1:
+        raise UserError(f"--max-text-len must be >= 2 and --batch-size >= 1, got {max_text_len}, "
+                        f"{batch_size}")
+    for split in splits:  # fail on an existing output before minutes of extraction
+        check_new_outputs(feature_paths(out_dir, split).values(), force)
+    encoders = FrozenEncoders(vit, bert, device, max_text_len)
+    return {split: extract_split(data_dir, split, encoders, out_dir, batch_size, DTYPES[dtype], force)
+            for split in splits}

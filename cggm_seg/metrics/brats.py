@@ -91,3 +91,22 @@ def batch_mean_dice(logits: torch.Tensor, target: torch.Tensor, threshold: float
     pred = torch.sigmoid(logits.float()) > threshold
     return compute_dice(pred, target.bool(), include_background=True, ignore_empty=False).mean()
 
+
+
+@torch.no_grad()
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """Mean soft Dice over samples and channels of ``sigmoid(logits)`` against binary ``target``.
+
+    CGGM's "soft" utilisation for segmentation: unlike :func:`batch_mean_dice`, which is 0 until a
+    head's probabilities cross 0.5 somewhere in the region, it rises as soon as a head puts more
+    probability on the right voxels, so weak heads still give a signal. Empty in both -> 1.
+    """
+    logits = convert_to_tensor(logits, track_meta=False)
+    target = convert_to_tensor(target, track_meta=False)
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have one shape")
+    prob = torch.sigmoid(logits.float()).flatten(2)
+    truth = target.float().flatten(2)
+    overlap = (prob * truth).sum(-1)
+    total = prob.sum(-1) + truth.sum(-1)
+    return ((2 * overlap + smooth) / (total + smooth)).mean()

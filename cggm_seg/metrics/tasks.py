@@ -1,4 +1,4 @@
-"""Scores of the sequence tasks (CGGM_SPEC.md) and the utilisation metrics CGGM uses for them.
+"""Scores of the sequence tasks (docs/METHOD.md) and the utilisation metrics CGGM uses for them.
 
 Every function takes ``(pred, target)`` tensors as a MONAI evaluator produces them:
 MOSI predictions and labels are ``[N]`` or ``[N, 1]`` sentiment values in [-3, 3];
@@ -117,3 +117,14 @@ def sign_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def batch_accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy of one batch as a 0-d tensor."""
     return (_classes(logits) == target.detach().reshape(-1)).float().mean()
+
+
+@torch.no_grad()
+def true_class_probability(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean softmax probability of the true class: CGGM's "soft" utilisation for classification.
+
+    Accuracy moves only when an argmax flips; this moves with every step a head takes towards the
+    right class, so a weak head's progress is visible from the first iterations.
+    """
+    probabilities = torch.softmax(logits.detach().float(), dim=1)
+    return probabilities.gather(1, target.detach().reshape(-1, 1).long()).mean()

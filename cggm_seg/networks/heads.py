@@ -23,18 +23,25 @@ class ModalityHead(nn.Module):
     """Maps one encoder's per-level features (finest first) to logits at the finest resolution.
 
     Each level is projected to ``hidden`` channels by a 1x1x1 conv, upsampled (trilinear)
-    and summed, then passed through the nonlinearity and ``output_layer``.
+    and summed, then passed through the nonlinearity and ``output_layer``. ``refine`` > 0 adds that
+    many 3x3x3 conv + nonlinearity blocks at the finest level first: a small decoder, for heads that
+    must see spatial context to score a modality fairly (the light default sees one voxel).
 
     ``output_layer`` has the same weight shape as the network's fusion output layer, which
     the "weights" direction mode of CGGM compares directly.
     """
 
     def __init__(
-        self, feature_channels: Sequence[int], out_channels: int, hidden: int, act: str | tuple = DEFAULT_ACT
+        self, feature_channels: Sequence[int], out_channels: int, hidden: int, act: str | tuple = DEFAULT_ACT,
+        refine: int = 0,
     ) -> None:
         super().__init__()
+        if refine < 0:
+            raise ValueError(f"refine must be >= 0, got {refine}.")
         self.projections = nn.ModuleList(nn.Conv3d(c, hidden, kernel_size=1) for c in feature_channels)
         self.act = get_act_layer(act)
+        self.refine = nn.Sequential(*(nn.Sequential(nn.Conv3d(hidden, hidden, kernel_size=3, padding=1),
+                                                    get_act_layer(act)) for _ in range(refine)))
         self.output_layer = nn.Conv3d(hidden, out_channels, kernel_size=1)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -49,7 +56,7 @@ class ModalityHead(nn.Module):
         for projection, feature in zip(self.projections[-2::-1], features[-2::-1], strict=True):
             upsampled = F.interpolate(summed, size=feature.shape[2:], mode="trilinear", align_corners=False)
             summed = upsampled + projection(feature)
-        return self.output_layer(self.act(summed))
+        return self.output_layer(self.refine(self.act(summed)))
 
 
 class ModalityHeads(nn.ModuleList):
@@ -77,15 +84,17 @@ def segmentation_heads(
     out_channels: int = 3,
     hidden: int | None = None,
     act: str | tuple = DEFAULT_ACT,
+    refine: int = 0,
 ) -> ModalityHeads:
     """Builds ``num_modalities`` light heads for encoders whose levels have ``feature_channels``.
 
     ``hidden`` defaults to ``feature_channels[0]`` so each head's output layer matches a
-    U-Net whose last decoder level has that many channels.
+    U-Net whose last decoder level has that many channels. ``refine`` adds that many 3x3x3 conv
+    blocks to each head (see :class:`ModalityHead`).
     """
     if num_modalities < 1:
         raise ValueError(f"num_modalities must be >= 1, got {num_modalities}.")
     width = feature_channels[0] if hidden is None else hidden
     return ModalityHeads(
-        ModalityHead(feature_channels, out_channels, width, act) for _ in range(num_modalities)
+        ModalityHead(feature_channels, out_channels, width, act, refine) for _ in range(num_modalities)
     )

@@ -18,16 +18,15 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.utils import CommonKeys, ImageMetaKey, convert_to_numpy
 
-from cggm_seg.brats_labels import REGIONS, get_convention
+from cggm_seg.brats_labels import REGIONS, case_id_from_filename, get_convention
 from cggm_seg.errors import UserError
-from cggm_seg.evaluate import (
-    case_id_from_filename,
+from cggm_seg.io import check_new_outputs
+from cggm_seg.metrics.brats import region_scores
+from cggm_seg.metrics.scoring import (
     check_label_values,
     format_summary,
     write_scores,
 )
-from cggm_seg.io import check_new_outputs
-from cggm_seg.metrics.brats import region_scores
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`cggm-seg bench overhead`: what CGGM costs per training step, against joint training.
+"""What CGGM costs per training step against joint training (``cggm-seg benchmark overhead``).
 
 Both variants run in one process on the same ``MultiModalUNet3D``, the same initial
 weights and the same batch, through MONAI's ``SupervisedTrainer``; only the
@@ -10,78 +10,18 @@ each taken above the level just before the run.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import platform
 import statistics
-import time
-from pathlib import Path
 
 import torch
-from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.losses import DiceFocalLoss
 
+from cggm_seg.benchmark.timing import WARMUP_STEPS, PeakMemory, StepTimer, cpu_model
 from cggm_seg.errors import UserError
-from cggm_seg.handlers import DIRECTIONS, CGGMHandler
 from cggm_seg.metrics.brats import batch_mean_dice
+from cggm_seg.modulation.cggm import DIRECTIONS, CGGMHandler
 from cggm_seg.networks import MultiModalUNet3D
-
-WARMUP_STEPS = 2
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-class PeakMemory:
-    """Peak memory of a block of work, above the level at its start, in MiB."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def _rss_kib(self, field: str) -> int:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise UserError(f"cannot read {field} from {_STATUS}: CPU peak memory needs Linux")
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident set
-            self.start = self._rss_kib("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = self._rss_kib("VmHWM") * 1024
-        self.mib = max(peak - self.start, 0) / 2**20
-
-
-def _step_times(trainer: SupervisedTrainer, device: torch.device) -> list[float]:
-    times: list[float] = []
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    @trainer.on(Events.ITERATION_STARTED)
-    def started(engine: SupervisedTrainer) -> None:
-        sync()
-        engine.state.step_start = time.perf_counter()
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def completed(engine: SupervisedTrainer) -> None:
-        sync()
-        times.append(time.perf_counter() - engine.state.step_start)
-
-    return times
 
 
 def _run(
@@ -116,10 +56,11 @@ def _run(
         decollate=False,
     )
     trainer.logger.setLevel("WARNING")
-    times = _step_times(trainer, device)
+    timer = StepTimer(device)
+    timer.attach(trainer)
     with PeakMemory(device) as memory:
         trainer.run()
-    return times[WARMUP_STEPS:], memory.mib
+    return timer.steady, memory.mib
 
 
 def measure_overhead(
@@ -174,44 +115,5 @@ def measure_overhead(
         "channels": list(channels),
         "device": str(dev),
         "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=int, default=48, help="cubic input edge (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=2, help="batch size (default: %(default)s)")
-    parser.add_argument(
-        "--steps", type=int, default=8, help="steps per run, 2 of them warm-up (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating runs of each variant (default: %(default)s)"
-    )
-    parser.add_argument("--direction", choices=DIRECTIONS, default="weights", help="CGGM direction mode")
-    parser.add_argument("--modalities", type=int, default=4, help="encoders (default: %(default)s)")
-    parser.add_argument(
-        "--channels",
-        type=lambda s: tuple(int(c) for c in s.split(",")),
-        default=(16, 32, 64, 128),
-        help="U-Net channels per level (default: 16,32,64,128)",
-    )
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: %(default)s)",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    result = measure_overhead(
-        args.size,
-        args.batch,
-        args.steps,
-        args.direction,
-        args.rounds,
-        args.modalities,
-        args.channels,
-        args.device,
-    )
-    print(json.dumps(result))
-    return 0

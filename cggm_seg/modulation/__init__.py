@@ -1,8 +1,16 @@
-"""Pick the modality-balancing method by name, so a bundle switches it with one config value.
+"""Modality-balancing methods as Ignite handlers for MONAI's ``SupervisedTrainer``, picked by name.
+
+One module a method, on the shared base in :mod:`~cggm_seg.modulation.base`:
+
+* :mod:`~cggm_seg.modulation.cggm` — CGGM (Guo et al., NeurIPS 2024; ``docs/METHOD.md``);
+* :mod:`~cggm_seg.modulation.ogm_ge` — OGM-GE (Peng et al., CVPR 2022), M-modality form;
+* :mod:`~cggm_seg.modulation.mslr` — modality-specific learning rates;
+* :mod:`~cggm_seg.modulation.unimodal` — train on one modality;
+* :mod:`~cggm_seg.modulation.monitor` — heads and curves only, for methods without heads.
 
 A bundle passes the settings of every method it offers (``rho`` for CGGM, ``alpha`` for OGM-GE,
-``lr_scales`` for MSLR, ...); each method takes the ones its handler accepts and ignores the
-others, so switching ``modulation`` needs no other edit. A setting that no method knows is an
+``lr_scales`` for MSLR, ...); :func:`build_modulation` gives each method the ones its handler
+accepts, so switching ``modulation`` needs no other edit. A setting that no method knows is an
 error (a typo must not be ignored silently).
 """
 
@@ -11,9 +19,25 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from cggm_seg.baselines import MSLRHandler, OGMGEHandler, UnimodalHandler
 from cggm_seg.errors import UserError
-from cggm_seg.handlers import CGGMHandler
+from cggm_seg.modulation.base import (
+    SCALAR_PREFIX,
+    GradientModulationHandler,
+    ModalityHeadsHandler,
+    modulation_scalars,
+)
+from cggm_seg.modulation.cggm import CGGMHandler
+from cggm_seg.modulation.clip import ClipGradNorm
+from cggm_seg.modulation.monitor import HeadMonitor
+from cggm_seg.modulation.mslr import MSLRHandler
+from cggm_seg.modulation.ogm_ge import OGMGEHandler
+from cggm_seg.modulation.unimodal import UnimodalHandler, keep_only_modality
+
+__all__ = [
+    "METHODS", "SCALAR_PREFIX", "CGGMHandler", "ClipGradNorm", "GradientModulationHandler", "HeadMonitor",
+    "MSLRHandler", "ModalityHeadsHandler", "OGMGEHandler", "UnimodalHandler", "build_modulation",
+    "keep_only_modality", "modulation_scalars",
+]
 
 #: method name -> handler class; ``None`` is plain joint training
 METHODS: dict[str, type | None] = {

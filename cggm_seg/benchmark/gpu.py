@@ -1,4 +1,4 @@
-"""GPU performance bench of the BraTS CGGM bundle: what a user's training and inference cost.
+"""GPU bench of the BraTS CGGM bundle (``cggm-seg benchmark gpu``): what training and inference cost.
 
 On BraTS-sized synthetic cases (240x240x155, four sequences, written as BraTS 2021 NIfTI folders
 by ``data_prep``'s phantom generator) it measures
@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -36,56 +34,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
-from monai.engines import IterationEvents
 
+from cggm_seg.benchmark.timing import WARMUP_STEPS, StepTimer, cpu_model, synchronize
 from cggm_seg.brats_labels import SEQUENCES
-from cggm_seg.bundle import bundle_override
+from cggm_seg.bundle import bundle_dir
 from data_prep.brats_datalist import FOLDER_LAYOUTS, LABEL_KEY
-from data_prep.synth_brats import _write_case, brats_affine, case_id, synth_case
+from data_prep.synth_brats import brats_affine, case_id, synth_case, write_case
 
-logger = logging.getLogger("gpu_bench")
+logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "brats_cggm" / "configs" / "train.json"
+DEFAULT_CONFIG = bundle_dir("brats_cggm") / "configs" / "train.json"
 LAYOUT = "brats2021"
 # The issue's targets: CGGM may cost at most 25% per step; a BraTS volume infers in under 1 s (H100, AMP).
 TARGETS = {"step_time_ratio_max": 1.25, "inference_s_per_case_max": 1.0}
 MIB = 2**20
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """``"240,240,155"`` -> ``(240, 240, 155)``."""
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three integers like 240,240,155, got {text!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive integers like 240,240,155, got {text!r}")
-    return shape
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cuda", "cpu"),
-                        default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=parse_shape, default=(240, 240, 155),
-                        help="volume shape (default 240,240,155)")
-    parser.add_argument("--roi", type=int, default=128,
-                        help="edge of the training crop and of the sliding window (default 128)")
-    parser.add_argument("--batch", type=int, default=2, help="training batch size (default 2)")
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per mode (default 30)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed training steps first (default 5)")
-    parser.add_argument("--cases", type=int, default=8, help="synthetic cases (default 8)")
-    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's)")
-    parser.add_argument("--loader-epochs", type=int, default=2, help="timed loader epochs per variant")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle train.json")
-    parser.add_argument("--set", type=bundle_override, action="append", default=[], metavar="ID=VALUE",
-                        help="override a config id, as on the monai.bundle command line (repeatable), "
-                             "e.g. --set 'trainer#amp_kwargs={\"dtype\": \"$torch.bfloat16\"}'")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON document here")
-    return parser
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -95,7 +58,7 @@ def _write_synthetic_case(out: Path, index: int, shape: tuple[int, int, int], se
     images, label = synth_case(np.random.default_rng([seed, index]), edge)
     crop = tuple(slice((edge - s) // 2, (edge - s) // 2 + s) for s in shape)
     images = {name: np.ascontiguousarray(image[crop]) for name, image in images.items()}
-    folder = _write_case(out, LAYOUT, index, images, np.ascontiguousarray(label[crop]), brats_affine(edge))
+    folder = write_case(out, LAYOUT, index, images, np.ascontiguousarray(label[crop]), brats_affine(edge))
     name, layout = case_id(LAYOUT, index), FOLDER_LAYOUTS[LAYOUT]
     return {"image": [str(folder / layout.file_name(name, s)) for s in SEQUENCES],
             "label": str(folder / layout.file_name(name, LABEL_KEY)), "case_id": name}
@@ -136,11 +99,6 @@ def configure_cudnn(parser: ConfigParser, device: str) -> bool:
     torch.backends.cudnn.benchmark = benchmark
     torch.backends.cudnn.deterministic = not benchmark
     return benchmark
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def release(device: str) -> None:
@@ -192,31 +150,6 @@ def loader_throughput(args: argparse.Namespace, overrides: dict[str, Any],
 
 
 # ------------------------------------------------------------------------------------------ train
-class StepTimer:
-    """Wall time of every training step, device-synchronised so queued GPU work is counted.
-
-    A step runs from ITERATION_STARTED to MONAI's MODEL_COMPLETED (after ``optimizer.step()``),
-    so handlers that work after the step, at ITERATION_COMPLETED, are not counted.
-    """
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.seconds: list[float] = []
-        self._start = 0.0
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_STARTED, self._started)
-        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._completed)
-
-    def _started(self, engine: Engine) -> None:
-        synchronize(self.device)
-        self._start = time.perf_counter()
-
-    def _completed(self, engine: Engine) -> None:
-        synchronize(self.device)
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def time_training(args: argparse.Namespace, overrides: dict[str, Any], batch: dict,
                   modulation: str) -> dict[str, Any]:
     """Median step time and peak memory of the bundle's trainer with ``modulation`` ("none" or "cggm").
@@ -224,7 +157,7 @@ def time_training(args: argparse.Namespace, overrides: dict[str, Any], batch: di
     One batch, already on the device, is fed again and again: the step time leaves the loader out
     and the peak memory holds one batch, as in training.
     """
-    feed = [batch] * (args.warmup + args.steps)
+    feed = [batch] * (WARMUP_STEPS + args.steps)
     # no validation, checkpoints or logs in the loop; the modulation settings stay the config's
     extra = {"train_loader": feed, "train_handlers": [], "modulation": modulation}
     parser = bundle(args.config, {**overrides, **extra})
@@ -233,7 +166,7 @@ def time_training(args: argparse.Namespace, overrides: dict[str, Any], batch: di
     timer.attach(trainer)
     release(args.device)
     trainer.run()
-    step = statistics.median(timer.seconds[args.warmup:])
+    step = statistics.median(timer.steady)
     result = {"modulation": modulation, "step_time_s": step,
               "iterations_per_s": 1.0 / step, "peak_memory_mib": peak_memory_mib(args.device),
               "amp": bool(trainer.amp),
@@ -272,14 +205,6 @@ def time_inference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[
 
 
 # ------------------------------------------------------------------------------------------- main
-def cpu_model() -> str:
-    """The CPU's marketing name (Linux), else whatever the platform reports."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor()
-
-
 def environment(args: argparse.Namespace, cudnn_benchmark: bool) -> dict[str, Any]:
     """What the numbers were measured on, so a reader can compare like with like."""
     env = {"device": args.device, "cpu": cpu_model(), "nproc": os.cpu_count(), "torch": torch.__version__,
@@ -310,7 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "environment": environment(args, cudnn_benchmark),
         "settings": {"size": list(args.size), "roi": args.roi, "batch": args.batch, "steps": args.steps,
-                     "warmup": args.warmup, "cases": args.cases, "loader_epochs": args.loader_epochs,
+                     "warmup": WARMUP_STEPS, "cases": args.cases, "loader_epochs": args.loader_epochs,
                      "config": str(args.config), "set": dict(args.set)},
         "synthesis_s": synthesis,
         "loader": loader,
@@ -320,24 +245,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "step_time_ratio_met": ratio <= TARGETS["step_time_ratio_max"],
                     "inference_met": inference["latency_s_median"] <= TARGETS["inference_s_per_case_max"]},
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu_bench: --device cuda but torch sees no GPU; pass --device cpu", file=sys.stderr)
-        return 2
-    if args.cases < args.batch:
-        print(f"gpu_bench: --cases {args.cases} is fewer than one batch of {args.batch}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    document = json.dumps(run(args), indent=2)
-    print(document)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(document + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

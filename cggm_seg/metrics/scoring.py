@@ -1,4 +1,4 @@
-"""`cggm-seg evaluate`: BraTS Dice/HD95 of a folder of predicted label maps against ground truth.
+"""BraTS Dice/HD95 of a folder of predicted label maps against ground truth (``cggm-seg evaluate``).
 
 Scores every case on its whole volume, in the ground truth's geometry and voxel spacing, so the
 numbers compare with the BraTS leaderboards (per-case WT/TC/ET, then mean/std/median), and
@@ -8,12 +8,9 @@ label values outside the chosen convention.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
-import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from cggm_seg.brats_labels import CONVENTIONS, LabelConvention, get_convention
+from cggm_seg.brats_labels import LabelConvention, case_id_from_filename, get_convention
 from cggm_seg.errors import UserError
 from cggm_seg.io import check_new_outputs, write_atomic, write_json
 from cggm_seg.metrics.brats import DICE_KEYS, HD95_KEYS, case_scores
@@ -34,15 +31,7 @@ NIFTI = ".nii.gz"
 AFFINE_ATOL_MM = 1e-3
 # One case's columns in the CSV and the summary: the three regions, then their per-case mean.
 METRICS = (*DICE_KEYS, "dice_mean", *HD95_KEYS, "hd95_mean")
-# File-name endings that follow the case id: label files and the BraTS 2021 / 2023 sequences.
-_CASE_SUFFIX = re.compile(r"[_-](seg|flair|t1|t1ce|t2|t2f|t1n|t1c|t2w)$")
 _MAX_LISTED_VALUES = 10
-
-
-def case_id_from_filename(name: str | os.PathLike) -> str:
-    """Case id of a BraTS file name: ``X_flair.nii.gz``, ``X-seg.nii.gz``, ``X.nii.gz`` ... -> ``X``."""
-    base = re.sub(r"\.nii(\.gz)?$", "", Path(name).name)
-    return _CASE_SUFFIX.sub("", base)
 
 
 def check_label_values(labels: np.ndarray, convention: LabelConvention, where: str) -> None:
@@ -198,31 +187,3 @@ def write_scores(rows: Sequence[dict], csv_path: Path, summary_path: Path, force
     write_atomic(csv_path, lambda tmp: tmp.write_text(buffer.getvalue()), overwrite=force)
     write_json(summary_path, summary, overwrite=force)
     return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``cggm-seg evaluate``."""
-    parser.add_argument("--pred", required=True, type=Path, help=f"folder of <case_id>{NIFTI} label maps")
-    parser.add_argument("--gt", required=True, type=Path,
-                        help="BraTS 2021/2023 or MSD dataset root, or a flat folder of <case_id>[_seg|-seg]"
-                             f"{NIFTI} label maps")
-    parser.add_argument("--out", type=Path,
-                        help="per-case CSV (default: <pred>/brats_scores.csv); the summary JSON goes next "
-                             "to it as <name>_summary.json")
-    parser.add_argument("--convention", choices=sorted(CONVENTIONS), default="brats2021",
-                        help="label values of the ground truth (default: %(default)s)")
-    parser.add_argument("--pred-convention", choices=sorted(CONVENTIONS),
-                        help="label values of the predictions (default: same as --convention)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing CSV/JSON outputs")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Score, write the CSV and JSON, print the summary table."""
-    csv_path = args.out or args.pred / "brats_scores.csv"
-    summary_path = csv_path.with_name(f"{csv_path.name.removesuffix('.csv')}_summary.json")
-    check_new_outputs((csv_path, summary_path), args.force)  # fail before minutes of scoring
-    rows = score_folders(args.pred, args.gt, args.convention, args.pred_convention)
-    summary = write_scores(rows, csv_path, summary_path, force=args.force)
-    logger.info("wrote %s and %s", csv_path, summary_path)
-    print(format_summary(summary))
-    return 0

@@ -19,16 +19,16 @@ from typing import Any
 
 from monai.bundle import run as run_bundle
 
-from cggm_seg.bundle import bundle_override
+from cggm_seg.bundle import bundle_dir, bundle_override
 from cggm_seg.errors import UserError
-from cggm_seg.evaluate import format_summary
 from cggm_seg.io import write_json
+from cggm_seg.metrics.scoring import format_summary
 from data_prep.brats_datalist import write_datalist
 from data_prep.synth_brats import write_brats_dataset
 
 logger = logging.getLogger(__name__)
 
-BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "brats_cggm" / "configs"
+BUNDLE = bundle_dir("brats_cggm") / "configs"
 TEST_SEED_OFFSET = 10_000
 DEMO_ROI = 48  # training crop edge: what a 2-core CPU trains at a few steps a second
 

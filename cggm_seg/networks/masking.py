@@ -1,5 +1,5 @@
 """Blank chosen modalities at their encoders' inputs: the one mechanism behind unimodal training
-(``cggm_seg.baselines.UnimodalHandler``) and reliance measurement (``cggm_seg.reliance``).
+(``cggm_seg.modulation.unimodal.UnimodalHandler``) and reliance measurement (``cggm_seg.metrics.reliance``).
 
 A forward pre-hook on encoder i replaces the first positional argument of its ``forward`` (the
 modality's input: channel i of a BraTS volume, a MOSI feature sequence) before the encoder sees
@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from cggm_seg.errors import UserError
-from cggm_seg.handlers import submodule, unwrap
+from cggm_seg.networks.utils import submodule, unwrap
 
 #: "zero": the input becomes zeros (after BraTS's per-channel normalisation, the brain's mean);
 #: "mean": every sample's input becomes its own mean over all non-batch dimensions.

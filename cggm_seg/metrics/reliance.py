@@ -1,7 +1,7 @@
 """How much a trained multimodal model relies on each modality, and what its per-modality heads score.
 
 Reliance is measured by ablation: the model is evaluated as it is, then once per modality with that
-modality's input blanked (zeros or its mean, :mod:`cggm_seg.modality_mask`), and the drop of the
+modality's input blanked (zeros or its mean, :mod:`cggm_seg.networks.masking`), and the drop of the
 score is that modality's reliance. A balanced model loses something from every modality; a model
 that leaned on one collapses without it and hardly notices the others. It needs nothing but the
 network and a function that evaluates it, so it works for any trained model and any evaluator.
@@ -20,8 +20,8 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from cggm_seg.handlers import submodule, unwrap
-from cggm_seg.modality_mask import blanked, check_fill
+from cggm_seg.networks.masking import blanked, check_fill
+from cggm_seg.networks.utils import submodule, unwrap
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def modality_reliance(network: nn.Module, encoders: Sequence[str], modality_name
         network: the trained model; ``encoders`` name its modality encoders, in modality order.
         modality_names: one name per encoder, used as the keys of the result.
         evaluate: runs the evaluation of ``network`` and returns its score (higher is better).
-        fill: ``"zero"`` or ``"mean"`` (see :data:`cggm_seg.modality_mask.FILLS`).
+        fill: ``"zero"`` or ``"mean"`` (see :data:`cggm_seg.networks.masking.FILLS`).
     """
     check_fill(fill)
     if len(encoders) != len(modality_names):

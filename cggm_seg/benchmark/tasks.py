@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cggm_seg.evaluate import summarise
-from cggm_seg.score_handler import BratsScoreHandler
+from cggm_seg.bundle import bundle_dir
+from cggm_seg.metrics.score_handler import BratsScoreHandler
+from cggm_seg.metrics.scoring import summarise
 
-BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 #: train handlers that only print to the console; dropped in benchmark runs
 CONSOLE_HANDLERS = ("StatsHandler", "ignite.handlers.ProgressBar")
 
@@ -51,11 +51,11 @@ class Task:
 
     @property
     def train_config(self) -> Path:
-        return BUNDLES / self.bundle / "configs" / "train.json"
+        return bundle_dir(self.bundle) / "configs" / "train.json"
 
     @property
     def eval_config(self) -> Path:
-        return BUNDLES / self.bundle / "configs" / "evaluate.json"
+        return bundle_dir(self.bundle) / "configs" / "evaluate.json"
 
     @classmethod
     def variants(cls) -> dict[str, Variant]:

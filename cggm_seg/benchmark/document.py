@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cggm_seg.benchmark_run import WARMUP_STEPS
-from cggm_seg.benchmark_tasks import Task
+from cggm_seg.benchmark.tasks import Task
+from cggm_seg.benchmark.timing import WARMUP_STEPS, steady_state
 from cggm_seg.plots import grouped_bars, line_panels, robust_limits
 
 BASELINE = "joint"
@@ -100,7 +100,7 @@ def aggregate(results: Sequence[dict[str, Any]], task: Task, methods: Sequence[s
             "heads": {m: mean_std([r["head_scores"][m] for r in runs]) for m in task.modalities},
             "top_share": mean_std(shares) if shares else None,
             "step_s": statistics.median(
-                statistics.median(r["step_times"][WARMUP_STEPS:] or r["step_times"]) for r in runs
+                statistics.median(steady_state(r["step_times"]) or r["step_times"]) for r in runs
             ),
             "peak_mib": statistics.median(r["peak_mib"] for r in runs),
         }

@@ -6,12 +6,12 @@ so every run starts from the same allocator state and its peak memory is its own
 * step time — wall time of each ``SupervisedTrainer`` iteration (forward, loss, backward, the
   method's handlers, optimizer step), warm-up iterations dropped;
 * peak memory above the level before training (CUDA allocator peak, or the peak resident set on a
-  CPU; :class:`cggm_seg.bench_overhead.PeakMemory`);
+  CPU; :class:`cggm_seg.benchmark.timing.PeakMemory`);
 * utilisation/coefficient curves per iteration. Methods without heads of their own get a
-  :class:`~cggm_seg.handlers.HeadMonitor`, which runs after the step timer has stopped and after the
+  :class:`~cggm_seg.modulation.HeadMonitor`, which runs after the step timer has stopped and after the
   graph is freed, so it changes neither their step time nor their peak memory;
 * held-out scores of the final weights with the bundle's ``evaluate.json``, modality reliance
-  (:mod:`cggm_seg.reliance`) and the heads' held-out scores.
+  (:mod:`cggm_seg.metrics.reliance`) and the heads' held-out scores.
 """
 
 from __future__ import annotations
@@ -30,41 +30,13 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from cggm_seg.baselines import keep_only_modality
-from cggm_seg.bench_overhead import PeakMemory
-from cggm_seg.benchmark_tasks import CONSOLE_HANDLERS, SETTINGS, TASKS, Task, Variant
-from cggm_seg.handlers import HeadMonitor, ModalityHeadsHandler
-from cggm_seg.reliance import head_scores, modality_reliance
+from cggm_seg.benchmark.tasks import CONSOLE_HANDLERS, SETTINGS, TASKS, Task, Variant
+from cggm_seg.benchmark.timing import PeakMemory, StepTimer
+from cggm_seg.metrics.reliance import head_scores, modality_reliance
+from cggm_seg.modulation import HeadMonitor, ModalityHeadsHandler, keep_only_modality
 
-#: first iterations left out of the step-time median (lazy initialisation, allocator growth)
-WARMUP_STEPS = 3
 #: per-iteration quantities kept as curves
 CURVE_KINDS = ("utilisation", "coeff")
-
-
-class StepTimer:
-    """Wall time of every trainer iteration; attach it before handlers that must not be timed."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._completed)
-
-    def _started(self, engine: Engine) -> None:
-        self._sync()
-        self._start = time.perf_counter()
-
-    def _completed(self, engine: Engine) -> None:
-        self._sync()
-        self.times.append(time.perf_counter() - self._start)
 
 
 class CurveRecorder:

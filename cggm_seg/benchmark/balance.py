@@ -1,0 +1,110 @@
+"""The modality-balance benchmark (``cggm-seg benchmark balance``): does CGGM balance the modalities here,
+and at what cost?
+
+Runs every chosen method (``--methods``) with every seed on each task — synthetic BraTS phantoms
+whose T1ce is much easier to learn from than the other sequences, and a synthetic CMU-MOSI task
+whose text carries most of the sentiment — through the tasks' own MONAI bundles, then writes
+``docs/BENCHMARK.md`` (scores mean ± std over seeds, modality reliance, head scores, step-time and
+peak-memory ratios against joint training) and PNG plots beside it in ``docs/benchmark/``.
+
+Runs go one at a time, seeds outermost, so slow drifts of a shared machine's load hit every method
+alike; each run is its own process (:mod:`cggm_seg.benchmark.run`). ``--quick`` shrinks everything
+to a CI smoke test of the whole pipeline; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+from cggm_seg.benchmark.run import child_main
+from cggm_seg.benchmark.tasks import Task
+
+logger = logging.getLogger(__name__)
+
+
+def _project_modules(config: Any) -> list[str]:
+    """Modules a bundle config names: its ``$import`` lines and the modules of ``cggm_seg.*`` targets."""
+    if isinstance(config, dict):
+        return [m for value in config.values() for m in _project_modules(value)]
+    if isinstance(config, list):
+        return [m for value in config for m in _project_modules(value)]
+    if isinstance(config, str) and config.startswith("$import "):
+        return [config.split()[1]]
+    if isinstance(config, str) and config.startswith("cggm_seg."):
+        return [config.rsplit(".", 1)[0]]
+    return []
+
+
+def preload_modules(tasks: list[Task]) -> list[str]:
+    """The run module and every module the tasks' bundles use: loaded once, before any run starts, so
+    all runs use the same code even if files change while the benchmark runs."""
+    modules = ["cggm_seg.benchmark.run"]
+    for task in tasks:
+        for config in (task.train_config, task.eval_config):
+            modules += _project_modules(json.loads(config.read_text()))
+    return list(dict.fromkeys(modules))
+
+
+def _child_context(tasks: list[Task]) -> multiprocessing.context.BaseContext:
+    """Fork-server processes: each run starts clean, without paying torch's and MONAI's import again."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload_modules(tasks))
+    return context
+
+
+def run_one(context: Any, spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """One run in a child process; its result dict, or an error quoting the end of its log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result, log = run_dir / "result.json", run_dir / "run.log"
+    process = context.Process(target=child_main, args=(spec, str(result), str(log)))
+    process.start()
+    process.join()
+    if process.exitcode != 0 or not result.is_file():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:]) if log.is_file() else ""
+        raise RuntimeError(
+            f"benchmark run {spec['task']}/{spec['variant']}/seed {spec['seed']} failed "
+            f"(exit code {process.exitcode}); end of {log}:\n{tail}"
+        )
+    return json.loads(result.read_text())
+
+
+def run_benchmark(
+    tasks: list[Task], methods: list[str], seeds: int, setting: str, threads: int, work: Path
+) -> list[dict[str, Any]]:
+    """Prepare each task's data, then run methods x seeds; returns every run's result."""
+    for task in tasks:
+        logger.info("writing the %s data to %s", task.name, work / task.name / "data")
+        task.prepare(work / task.name / "data")
+    plan = [(seed, task, method) for seed in range(seeds) for task in tasks for method in methods]
+    context = _child_context(tasks)
+    results = []
+    for number, (seed, task, method) in enumerate(plan, start=1):
+        started = time.perf_counter()
+        spec = {
+            "task": task.name,
+            "setting": setting,
+            "variant": method,
+            "seed": seed,
+            "threads": threads,
+            "data_dir": str(work / task.name / "data"),
+            "run_dir": str(work / task.name / "runs" / f"{method}_seed{seed}"),
+        }
+        result = run_one(context, spec, Path(spec["run_dir"]))
+        results.append(result)
+        logger.info(
+            "[%d/%d] %s %s seed %d: %s %.4f (%.0f s)",
+            number,
+            len(plan),
+            task.name,
+            method,
+            seed,
+            task.score_key,
+            result["scores"][task.score_key],
+            time.perf_counter() - started,
+        )
+    return results

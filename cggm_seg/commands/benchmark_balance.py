@@ -1,0 +1,117 @@
+"""`cggm-seg benchmark balance` (plain `cggm-seg benchmark` too): methods x seeds x tasks -> BENCHMARK.md."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import tempfile
+import time
+from pathlib import Path
+
+from cggm_seg.benchmark.balance import run_benchmark
+from cggm_seg.benchmark.document import BASELINE, write_benchmark
+from cggm_seg.benchmark.tasks import SETTINGS, TASKS, BratsTask
+from cggm_seg.benchmark.timing import machine
+from cggm_seg.errors import UserError
+
+DEFAULT_OUT = Path("docs/BENCHMARK.md")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run, every choice spelled out."""
+    words = ["cggm-seg", "benchmark"] + (["--quick"] if args.quick else [])
+    words += [
+        "--seeds",
+        str(args.seeds),
+        "--tasks",
+        *args.tasks,
+        "--methods",
+        *args.methods,
+        "--threads",
+        str(args.threads),
+        "--out",
+        str(args.out),
+    ]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    names = list(BratsTask.variants())
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny data and schedules: a smoke test of the pipeline for CI (minutes)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"markdown report to write; plots go to OUT's folder/benchmark (default {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="training seeds 0..N-1 (default 3; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=names,
+        default=names,
+        metavar="METHOD",
+        help=f"methods to compare, '{BASELINE}' included (default all: {' '.join(names)})",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=list(TASKS),
+        default=list(TASKS),
+        metavar="TASK",
+        help=f"tasks to run (default all: {' '.join(TASKS)})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run (default 1: on a shared machine more threads stall "
+        "each other and make step times unstable)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep the data and run folders (TensorBoard logs, checkpoints) here; "
+        "default: a temporary folder, removed at the end",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 3
+    if args.seeds < 1:
+        raise UserError(f"--seeds: expected at least 1, got {args.seeds}")
+    if args.threads < 1:
+        raise UserError(f"--threads: expected at least 1, got {args.threads}")
+    if BASELINE not in args.methods:
+        raise UserError(
+            f"--methods: include '{BASELINE}': scores and costs are compared against joint training"
+        )
+    if args.work is not None and args.work.exists() and any(args.work.iterdir()):
+        raise UserError(f"--work: {args.work} is not empty; give a new folder for the data and runs")
+    args.methods = list(dict.fromkeys(args.methods))
+    setting = "quick" if args.quick else "full"
+    tasks = [TASKS[name](SETTINGS[name][setting]) for name in args.tasks]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cggm-benchmark-") as scratch:
+        work = args.work or Path(scratch)
+        results = run_benchmark(tasks, args.methods, args.seeds, setting, args.threads, work)
+    written = write_benchmark(
+        results,
+        tasks,
+        args.methods,
+        args.out,
+        command=command_line(args),
+        machine={**machine(), "threads": args.threads},
+        wall_s=time.perf_counter() - started,
+        quick=args.quick,
+    )
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0

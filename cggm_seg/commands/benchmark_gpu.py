@@ -1,0 +1,66 @@
+"""`cggm-seg benchmark gpu`: the BraTS bundle's loader, training-step and inference costs on a GPU, as JSON.
+
+See :mod:`cggm_seg.benchmark.gpu` and docs/PERFORMANCE.md. On a CPU at tiny sizes it checks the bench
+itself, e.g. ``--device cpu --size 32,32,24 --roi 16 --steps 3 --cases 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from cggm_seg.benchmark.gpu import DEFAULT_CONFIG, run
+from cggm_seg.bundle import bundle_override
+from cggm_seg.errors import UserError
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"240,240,155"`` -> ``(240, 240, 155)``."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three integers like 240,240,155, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers like 240,240,155, got {text!r}")
+    return shape
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cuda", "cpu"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=parse_shape, default=(240, 240, 155),
+                        help="volume shape (default 240,240,155)")
+    parser.add_argument("--roi", type=int, default=128,
+                        help="edge of the training crop and of the sliding window (default 128)")
+    parser.add_argument("--batch", type=int, default=2, help="training batch size (default 2)")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="timed training steps per mode, after the shared warm-up (default 30)")
+    parser.add_argument("--cases", type=int, default=8, help="synthetic cases (default 8)")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's)")
+    parser.add_argument("--loader-epochs", type=int, default=2, help="timed loader epochs per variant")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle train.json")
+    parser.add_argument("--set", type=bundle_override, action="append", default=[], metavar="ID=VALUE",
+                        help="override a config id, as on the monai.bundle command line (repeatable), "
+                             "e.g. --set 'trainer#amp_kwargs={\"dtype\": \"$torch.bfloat16\"}'")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON document here")
+
+
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but torch sees no GPU; pass --device cpu")
+    if args.cases < args.batch:
+        raise UserError(f"--cases {args.cases} is fewer than one batch of {args.batch}")
+    logging.getLogger().setLevel(logging.INFO)
+    document = json.dumps(run(args), indent=2)
+    print(document)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(document + "\n")
+    return 0
