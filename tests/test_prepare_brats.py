@@ -51,7 +51,8 @@ def _rewrite(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> 
     ("brats2023", ("-t2f", "-t1n", "-t1c", "-t2w")),
     ("msd", None),
 ])
-def test_each_layout_round_trips_through_monai(dataset: Callable, tmp_path: Path, layout: str,
+def test_each_layout_round_trips_through_monai(dataset: Callable, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, layout: str,
                                                suffixes: tuple | None) -> None:
     root = dataset(layout)
     out = tmp_path / "lists" / "brats.json"
@@ -62,17 +63,40 @@ def test_each_layout_round_trips_through_monai(dataset: Callable, tmp_path: Path
     entries = stored["training"]
     assert sorted(e["fold"] for e in entries) == [0, 1, 2]
     assert all(e["label_convention"] == layout for e in entries)
-    if suffixes is None:
-        assert entries[0]["image"] == "imagesTr/BRATS_001.nii.gz" and entries[0]["case_id"] == "BRATS_001"
-        assert entries[0]["label"] == "labelsTr/BRATS_001.nii.gz"
+    if suffixes is None:  # relative to the datalist's folder, where MONAI starts them from
+        assert entries[0]["image"] == "../msd/imagesTr/BRATS_001.nii.gz"
+        assert entries[0]["label"] == "../msd/labelsTr/BRATS_001.nii.gz"
+        assert entries[0]["case_id"] == "BRATS_001"
     else:
         case = entries[1]["case_id"]
-        assert entries[1]["image"] == [f"{case}/{case}{s}.nii.gz" for s in suffixes]
-    loaded = load_decathlon_datalist(out, data_list_key="training", base_dir=root)
+        assert entries[1]["image"] == [f"../{layout}/{case}/{case}{s}.nii.gz" for s in suffixes]
+    monkeypatch.chdir(root)  # MONAI's reading does not depend on the working directory
+    loaded = load_decathlon_datalist(out, data_list_key="training")
     assert len(loaded) == 3
     for entry in loaded:
         images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
         assert all(Path(p).is_absolute() and Path(p).is_file() for p in [*images, entry["label"]])
+
+
+def test_a_datalist_written_beside_the_root_loads_with_monai_from_anywhere(
+        dataset: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cggm-seg prepare brats --root D/brats --out D/dl.json``, relative arguments included."""
+    dataset()
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["prepare", "brats", "--root", "brats2021", "--out", "dl.json", "--folds", "3"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for entry in load_decathlon_datalist(tmp_path / "dl.json", data_list_key="training"):
+        assert Path(entry["label"]).is_file() and str(entry["label"]).startswith(str(tmp_path / "brats2021"))
+        assert all(Path(p).is_file() for p in entry["image"])
+
+
+def test_absolute_paths_on_request(dataset: Callable, tmp_path: Path) -> None:
+    root = dataset()
+    datalist, _ = write_datalist(root, tmp_path / "lists" / "dl.json", folds=3, absolute=True)
+    for entry in datalist["training"]:
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in [*entry["image"], entry["label"]])
 
 
 def test_folds_are_balanced_deterministic_and_seeded() -> None:

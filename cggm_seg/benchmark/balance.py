@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from cggm_seg.benchmark.run import child_main
-from cggm_seg.benchmark.tasks import Task
+from cggm_seg.benchmark.tasks import SETTINGS, TASKS, Task
+from cggm_seg.bundle import bundle_dir
 
 logger = logging.getLogger(__name__)
 
@@ -73,38 +75,64 @@ def run_one(context: Any, spec: dict[str, Any], run_dir: Path) -> dict[str, Any]
     return json.loads(result.read_text())
 
 
-def run_benchmark(
-    tasks: list[Task], methods: list[str], seeds: int, setting: str, threads: int, work: Path
-) -> list[dict[str, Any]]:
-    """Prepare each task's data, then run methods x seeds; returns every run's result."""
-    for task in tasks:
-        logger.info("writing the %s data to %s", task.name, work / task.name / "data")
-        task.prepare(work / task.name / "data")
-    plan = [(seed, task, method) for seed in range(seeds) for task in tasks for method in methods]
+def snapshot_bundles(names: list[str], work: Path) -> Path:
+    """Copy the tasks' bundles into ``work/bundles``: every run reads the same configs, even if the
+    checkout changes while the benchmark runs (the modules are fixed by the fork server's preload)."""
+    root = work / "bundles"
+    for name in dict.fromkeys(names):
+        shutil.copytree(bundle_dir(name), root / name, dirs_exist_ok=True)
+    return root
+
+
+def ordered_methods(task: Task, methods: list[str]) -> list[str]:
+    """``methods`` with every variant after the variant whose weights it starts from."""
+    variants = task.variants()
+    ordered: list[str] = []
+    for method in methods:
+        source = variants[method].init_from
+        if source is not None and source not in ordered:
+            ordered.append(source)
+        if method not in ordered:
+            ordered.append(method)
+    return ordered
+
+
+def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting: str, threads: int,
+                  work: Path) -> tuple[list[Task], list[dict[str, Any]]]:
+    """Run methods x seeds on every task, each seed on its own data set; the tasks and every run's result.
+
+    Seeds are outermost so slow drifts of a shared machine's load hit every method alike.
+    """
+    classes = [TASKS[name] for name in task_names]
+    bundles = snapshot_bundles([cls.bundle for cls in classes], work)
+    tasks = [cls(SETTINGS[cls.name][setting], bundles) for cls in classes]
+    plan = [(seed, task, method) for seed in range(seeds) for task in tasks
+            for method in ordered_methods(task, methods)]
     context = _child_context(tasks)
-    results = []
+    results, prepared = [], set()
     for number, (seed, task, method) in enumerate(plan, start=1):
+        data_dir = work / task.name / "data" / f"seed{seed}"
+        if (task.name, seed) not in prepared:
+            logger.info("writing the %s data of seed %d to %s", task.name, seed, data_dir)
+            task.prepare(data_dir, seed)
+            prepared.add((task.name, seed))
         started = time.perf_counter()
+        runs = work / task.name / "runs"
+        source = task.variants()[method].init_from
         spec = {
             "task": task.name,
             "setting": setting,
             "variant": method,
             "seed": seed,
             "threads": threads,
-            "data_dir": str(work / task.name / "data"),
-            "run_dir": str(work / task.name / "runs" / f"{method}_seed{seed}"),
+            "bundles": str(bundles),
+            "data_dir": str(data_dir),
+            "run_dir": str(runs / f"{method}_seed{seed}"),
+            "init_checkpoint": str(runs / f"{source}_seed{seed}" / "checkpoint_final.pt") if source else None,
         }
         result = run_one(context, spec, Path(spec["run_dir"]))
         results.append(result)
-        logger.info(
-            "[%d/%d] %s %s seed %d: %s %.4f (%.0f s)",
-            number,
-            len(plan),
-            task.name,
-            method,
-            seed,
-            task.score_key,
-            result["scores"][task.score_key],
-            time.perf_counter() - started,
-        )
-    return results
+        logger.info("[%d/%d] %s %s seed %d: validation %s %.4f, test %.4f (%.0f s)", number, len(plan),
+                    task.name, method, seed, task.score_key, result["scores"]["val"][task.score_key],
+                    result["scores"]["test"][task.score_key], time.perf_counter() - started)
+    return tasks, results

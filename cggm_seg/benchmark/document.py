@@ -1,10 +1,10 @@
 """Turn benchmark runs into ``docs/BENCHMARK.md``, its plots and a JSON copy of the numbers.
 
-Aggregation is plain arithmetic over seeds: mean and sample standard deviation of the held-out
-scores, the reliance drops and the head scores; medians of the per-run median step time and of the
-per-run peak memory, divided by joint training's. The verdicts in the text follow fixed rules
-(:func:`verdict`, :func:`recommendation`) from those numbers, so a rerun rewrites them
-consistently; nothing in the file is written by hand.
+Every verdict on the page follows fixed rules stated on the page before the results: a method is
+compared with joint training by paired per-seed differences and a bootstrap interval
+(:mod:`cggm_seg.benchmark.stats`); a task ranks methods only when its headroom check passes; the
+CGGM default is the CGGM row with the best mean *validation* score, and its *test* numbers are
+what is reported. Nothing in the file is written by hand, so a rerun rewrites it consistently.
 """
 
 from __future__ import annotations
@@ -12,200 +12,244 @@ from __future__ import annotations
 import datetime
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cggm_seg.benchmark.stats import PairedDifference, paired_difference, plateaued, summary
 from cggm_seg.benchmark.tasks import Task
 from cggm_seg.benchmark.timing import WARMUP_STEPS, steady_state
 from cggm_seg.plots import grouped_bars, line_panels, robust_limits
 
 BASELINE = "joint"
-#: score differences below this are reported as level
-LEVEL = 5e-4
 #: curve kind -> axis label
 CURVES = {"utilisation": "head score (utilisation)", "coeff": "coefficient"}
-Stat = tuple[float, float | None]
+#: the ablation's rows and columns: CGGM parts x estimator sets
+PARTS = ("magnitude", "direction", "both")
+ESTIMATORS = {"paper": "", "robust": "_robust"}
+
+RULES = """\
+- **Pairing.** Seed *s* draws its own data set (data seed *s*) and trains with seed *s*, so every
+  method sees the same data and the same initial weights; results are compared seed by seed.
+- **Scores.** Final weights (no checkpoint is picked), scored by the bundle's own `evaluate.json` on
+  a validation split and on a test split; the validation split picks, the test split reports.
+- **Against joint training.** The per-seed differences *method - joint* on the test split, their
+  mean and median, and a 95% percentile-bootstrap interval of the mean (10,000 resamples of the
+  seed pairs). A method is **above** (below) joint training only when the whole interval is above
+  (below) 0; otherwise the comparison is **inconclusive**.
+- **Collapse.** A run collapsed when a tumour region's mean test Dice is below 0.01, or its test
+  accuracy is at most chance + 0.05.
+- **Headroom check** (on the validation split, before any method is ranked): joint training must
+  demonstrably leave accuracy on the table. It passes when both (1) the weak modality's head on the
+  encoder trained on that modality alone (`unimodal_weak`) scores above the same head on joint
+  training's encoder, and (2) the oracle — joint training whose weak-modality encoder starts from
+  `unimodal_weak`'s — scores above joint training on the task, each by the paired rule above. A
+  task that fails is reported as such and does not rank methods.
+- **Default.** The CGGM row with the highest mean validation score on a task that passes its
+  headroom check becomes the recommended setting; the page reports its test interval.
+- **Plateau.** Joint training's validation curve (mean over seeds) counts as plateaued when its last
+  three points improve on the three before by less than 0.01.
+"""
 
 METHOD_NOTES = """\
 - **joint**: the bundle with `modulation: none`. Methods without heads of their own (joint, mslr,
-  unimodal) get a `HeadMonitor`: the bundle's heads trained on the detached encoder outputs after
-  each optimizer step, for the utilisation curves and head scores only; it changes no gradient and
-  runs outside the timed step and after the graph is freed, so it costs these methods nothing here.
-- **cggm\\***: `CGGMHandler` with the bundle's `rho` and `lambda`, one setting changed per row.
-- **ogm_ge**: OGM-GE (Peng et al., CVPR 2022) generalised to M modalities. Modality i's score is its
-  head's utilisation metric (mean Dice / sign accuracy) on the batch — the late-fusion
-  decomposition OGM-GE scores with does not exist for a U-Net or a fusion transformer. Ratio
-  `rho_i = s_i / mean_{j != i} s_j` (the paper's `s_u / s_v` for M = 2), coefficient
-  `1 - tanh(alpha * rho_i)` when `rho_i > 1`, else 1 (the paper's rule, jump at 1 included);
-  generalisation enhancement: Gaussian noise with each gradient tensor's own standard deviation
-  added to every encoder's gradients, from one seeded generator.
-- **mslr**: modality-specific learning rates. The encoder's optimizer update is scaled (parameters
-  set to `before + s * (after - before)` around `optimizer.step()`), which equals a parameter group
-  with learning rate `s * lr` for SGD with momentum and weight decay, Adam and AdamW (the update is
-  linear in `lr`, the state does not depend on it); scaling the gradient would not be (weight decay
-  stays unscaled, Adam divides the scale away).
-- **unimodal**: the same network, every other encoder fed zeros (`UnimodalHandler`); evaluation
-  blanks the same encoders.
+  unimodal, oracle) get a `HeadMonitor`: the bundle's heads trained on the detached encoder outputs
+  after each optimizer step, for the curves and head scores only; it runs after the step timer has
+  stopped and after the graph is freed, so it costs these methods nothing here.
+- **cggm_{magnitude,direction,both}**: `CGGMHandler` with the bundle's `rho` and the paper's
+  `lambda` — magnitude only (`lambda` 0), direction only (`magnitude: false`), both — with the
+  paper's estimators (thresholded utilisation, step-to-step improvement, `B = (S - d_i)/S`,
+  `L + lambda L_gm`, gradients scaled). **_robust** rows use the task's robust estimators instead
+  (listed per task; `docs/METHOD.md` explains each).
+- **ogm_ge**: OGM-GE (Peng et al., CVPR 2022) generalised to M modalities on the same heads' scores.
+- **mslr**: modality-specific learning rates; the dominant modality's encoder updates are halved.
+- **unimodal_weak**: the same network trained on the weak modality alone, every other encoder fed
+  zeros; evaluation blanks the same.
+- **oracle**: joint training whose weak-modality encoder starts from `unimodal_weak`'s final one.
 
-The schedules are short (the iteration counts are given per task): the numbers describe the first
-few hundred steps of training on small synthetic data, not converged models.
-
-Scores are those of the final weights on a held-out split, from the bundle's own `evaluate.json`;
-no checkpoint is picked on validation data. **Reliance** is the score lost when one modality's
-input is replaced by zeros at its encoder (after BraTS's per-channel normalisation that is the
-brain's mean intensity); **top-modality share** is the largest positive drop over the sum of the
-positive drops (1/M: evenly relied on; 1: one modality carries the model; single-modality ablation
-does not see redundancy, e.g. FLAIR and T2 both showing the oedema). **Head scores** are the
-per-modality heads' utilisation metric on the held-out split. **Step time** is the median wall time
-of a training iteration (forward, loss, backward, the method's handlers, optimizer step; first
-{warmup} iterations dropped), median over seeds; **peak memory** is the peak resident set above the
-level before training on a CPU (the CUDA allocator's peak on a GPU), median over seeds; both as a
-multiple of joint training's, measured in the same benchmark process on the same machine.
+**Reliance** is the test score lost when one modality's input is replaced by zeros at its encoder;
+**top share** is the largest positive drop over the sum of positive drops (1/M: evenly relied on;
+1: one modality carries the model). **Weak head** is the weak modality's head score (utilisation
+metric) on the test split. **Step time** is the median wall time of a training iteration (forward,
+loss, backward, the method's handlers, optimizer step; first {warmup} iterations dropped), median
+over seeds; **peak memory** is the peak resident set above the level before training on a CPU (the
+CUDA allocator's peak on a GPU), median over seeds; both as a multiple of joint training's, measured
+in the same benchmark process on the same machine.
 """.replace("{warmup}", str(WARMUP_STEPS))
 
 
-def mean_std(values: Sequence[float]) -> Stat:
-    """Mean and sample standard deviation (``None`` for a single value)."""
-    values = [float(v) for v in values]
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+def _runs(results: Sequence[dict[str, Any]], task: Task, method: str) -> list[dict[str, Any]]:
+    return [r for r in results if r["task"] == task.name and r["variant"] == method]
 
 
-def fmt(stat: Stat | None, digits: int = 3) -> str:
-    if stat is None:
-        return "—"
-    mean, std = stat
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _by_seed(runs: Sequence[dict[str, Any]], value) -> dict[int, float]:
+    return {r["seed"]: float(value(r)) for r in runs}
 
 
-def top_share(drops: dict[str, float]) -> float | None:
+def top_share(drops: Mapping[str, float]) -> float | None:
     """Share of the positive reliance taken by the most relied-on modality (``None`` if none is positive)."""
     positive = [max(v, 0.0) for v in drops.values()]
     return max(positive) / sum(positive) if sum(positive) > 0 else None
 
 
+def _median_or_none(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def aggregate(results: Sequence[dict[str, Any]], task: Task, methods: Sequence[str]) -> dict[str, dict]:
-    """Per method (in ``methods`` order): statistics over seeds and cost ratios against joint training."""
-    summary: dict[str, dict] = {}
+    """Per method (in ``methods`` order): statistics over seeds, paired differences and cost ratios."""
+    table: dict[str, dict] = {}
+    key, weak = task.score_key, task.weak
     for method in methods:
-        runs = [r for r in results if r["task"] == task.name and r["variant"] == method]
+        runs = _runs(results, task, method)
         if not runs:
             continue
         shares = [s for s in (top_share(r["reliance"]["drop"]) for r in runs) if s is not None]
-        summary[method] = {
+        table[method] = {
             "seeds": sorted(r["seed"] for r in runs),
             "iterations": runs[0]["iterations"],
-            "scores": {k: mean_std([r["scores"][k] for r in runs]) for k in task.score_keys},
-            "drop": {m: mean_std([r["reliance"]["drop"][m] for r in runs]) for m in task.modalities},
-            "heads": {m: mean_std([r["head_scores"][m] for r in runs]) for m in task.modalities},
-            "top_share": mean_std(shares) if shares else None,
-            "step_s": statistics.median(
-                statistics.median(steady_state(r["step_times"]) or r["step_times"]) for r in runs
-            ),
+            "val": _by_seed(runs, lambda r: r["scores"]["val"][key]),
+            "test": _by_seed(runs, lambda r: r["scores"]["test"][key]),
+            "test_scores": {k: summary([r["scores"]["test"][k] for r in runs]) for k in task.score_keys},
+            "weak_head": {split: _by_seed(runs, lambda r, s=split: r["head_scores"][s][weak])
+                          for split in ("val", "test")},
+            "collapsed": sum(task.collapsed(r["scores"]["test"]) for r in runs),
+            "drop": {m: summary([r["reliance"]["drop"][m] for r in runs]) for m in task.modalities},
+            "top_share": _median_or_none(shares),
+            "step_s": statistics.median(statistics.median(steady_state(r["step_times"]) or r["step_times"])
+                                        for r in runs),
             "peak_mib": statistics.median(r["peak_mib"] for r in runs),
         }
-    base = summary.get(BASELINE)
-    for entry in summary.values():
+    base = table.get(BASELINE)
+    for entry in table.values():
         entry["time_ratio"] = entry["step_s"] / base["step_s"] if base else None
-        entry["memory_ratio"] = (
-            entry["peak_mib"] / base["peak_mib"] if base and base["peak_mib"] > 0 else None
-        )
-    return summary
+        has_memory = base is not None and base["peak_mib"] > 0
+        entry["memory_ratio"] = entry["peak_mib"] / base["peak_mib"] if has_memory else None
+        if base:
+            entry["vs_joint"] = _paired(entry["test"], base["test"])
+            entry["weak_head_vs_joint"] = _paired(entry["weak_head"]["test"], base["weak_head"]["test"])
+    return table
 
 
-def verdict(entry: dict, base: dict, key: str) -> str:
-    """A method's mean score against joint training's, with the difference judged against the seed spread.
-
-    "within the seed spread" when the difference is no larger than the bigger of the two standard
-    deviations over the seeds; "level with" when it is below 0.0005; otherwise "above"/"below"
-    (higher scores are better).
-    """
-    (mean, std), (base_mean, base_std) = entry["scores"][key], base["scores"][key]
-    diff = mean - base_mean
-    spread = max(std or 0.0, base_std or 0.0)
-    if abs(diff) < LEVEL:
-        return f"level with joint training ({diff:+.3f})"
-    if len(entry["seeds"]) > 1 and abs(diff) <= spread:
-        return f"within the seed spread of joint training ({diff:+.3f}; spread {spread:.3f})"
-    return f"{'above' if diff > 0 else 'below'} joint training ({diff:+.3f})"
+def _paired(method: Mapping[int, float], baseline: Mapping[int, float]) -> PairedDifference | None:
+    try:
+        return paired_difference(method, baseline)
+    except ValueError:  # no seed in common
+        return None
 
 
-def recommendation(task: Task, summary: dict[str, dict]) -> list[str]:
-    """The CGGM setting with the highest mean score, its settings, and whether it beats joint training."""
-    cggm = sorted((m for m in summary if m.startswith("cggm")),
-                  key=lambda m: -summary[m]["scores"][task.score_key][0])
-    if not cggm or BASELINE not in summary:
-        return [f"CGGM and joint training were not both run on {task.name}: no recommendation."]
-    key, best = task.score_key, cggm[0]
-    variant = task.variants()[best]
-    settings = ", ".join(f"`{k}={v}`" for k, v in variant.settings.items())
-    judged = verdict(summary[best], summary[BASELINE], key)
-    lines = [
-        f"CGGM settings ranked by {task.score_label} on {task.name} (mean over seeds): "
-        + ", ".join(f"{m} {fmt(summary[m]['scores'][key])}" for m in cggm)
-        + f" (joint training: {fmt(summary[BASELINE]['scores'][key])}).",
-        "",
-        f"**Recommended default: `{best}`** ({variant.summary}; handler settings {settings} on top of the "
-        f"bundle's): the highest {task.score_label} of the CGGM settings measured; it is {judged}. "
-        "`rho` was not varied (the bundle's value).",
-    ]
-    if not judged.startswith("above"):
-        lines += ["", f"No CGGM setting beats joint training on {task.name} by more than the seed spread in "
-                      "this benchmark: the default is the best of the CGGM settings, not a setting shown to "
-                      "improve on joint training."]
-    return lines
+def headroom(task: Task, table: Mapping[str, dict]) -> dict[str, Any]:
+    """The headroom check on the validation split (rules on the page): its two comparisons and verdict."""
+    unimodal, base, oracle = table.get("unimodal_weak"), table.get(BASELINE), table.get("oracle")
+    if not (unimodal and base and oracle):
+        return {"passed": False, "weak_head": None, "oracle": None,
+                "reason": "needs the joint, unimodal_weak and oracle runs"}
+    weak_head = _paired(unimodal["weak_head"]["val"], base["weak_head"]["val"])
+    oracle_gain = _paired(oracle["val"], base["val"])
+    passed = bool(weak_head and oracle_gain) and weak_head.verdict == oracle_gain.verdict == "above"
+    return {"passed": passed, "weak_head": weak_head, "oracle": oracle_gain, "reason": None}
+
+
+def choose_default(table: Mapping[str, dict]) -> str | None:
+    """The CGGM row with the highest mean validation score (ties: the first in table order)."""
+    rows = [m for m in table if m.startswith("cggm")]
+    return max(rows, key=lambda m: statistics.fmean(table[m]["val"].values()), default=None)
+
+
+def _interval(diff: PairedDifference | None, digits: int = 3) -> str:
+    if diff is None:
+        return "—"
+    return f"{diff.mean:+.{digits}f} [{diff.low:+.{digits}f}, {diff.high:+.{digits}f}]"
 
 
 def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
-def score_table(task: Task, summary: dict[str, dict]) -> list[str]:
-    keys = task.score_keys
+def _mean(values: Mapping[int, float]) -> float:
+    return statistics.fmean(values.values())
+
+
+def score_table(task: Task, table: Mapping[str, dict]) -> list[str]:
     lines = [
-        "| method | " + " | ".join(keys) + " | step time vs joint | peak memory vs joint | setting |",
-        "|---" * (len(keys) + 4) + "|",
+        f"| method | val {task.score_label} | test {task.score_label}: mean ± std (median) | test Δ vs "
+        "joint [95% CI] | verdict | wins | collapsed | weak head Δ [95% CI] | top share | step time | "
+        "peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for method, entry in summary.items():
-        cells = [fmt(entry["scores"][k], 2 if k.startswith(("hd95", "mae")) else 3) for k in keys]
+    for method, entry in table.items():
+        stat = entry["test_scores"][task.score_key]
+        diff = None if method == BASELINE else entry.get("vs_joint")
+        share = "—" if entry["top_share"] is None else f"{entry['top_share']:.2f}"
+        wins = "—" if diff is None else f"{diff.wins}/{diff.n}"
+        head = "—" if diff is None else _interval(entry.get("weak_head_vs_joint"))
         lines.append(
-            f"| {method} | " + " | ".join(cells) + f" | {_ratio(entry['time_ratio'])} | "
-            f"{_ratio(entry['memory_ratio'])} | {task.variants()[method].summary} |"
-        )
+            f"| {method} | {_mean(entry['val']):.3f} | {stat.mean:.3f} ± {stat.std:.3f} ({stat.median:.3f})"
+            f" | {_interval(diff)} | {'—' if diff is None else diff.verdict} | {wins} | "
+            f"{entry['collapsed']}/{len(entry['seeds'])} | {head} | {share} | "
+            f"{_ratio(entry['time_ratio'])} | {_ratio(entry['memory_ratio'])} |")
     return lines
 
 
-def reliance_table(task: Task, summary: dict[str, dict]) -> list[str]:
-    mods = task.modalities
-    lines = [
-        "| method | "
-        + " | ".join(f"drop w/o {m}" for m in mods)
-        + " | top-modality share | "
-        + " | ".join(f"head {m}" for m in mods)
-        + " |",
-        "|---" * (2 * len(mods) + 2) + "|",
-    ]
-    for method, entry in summary.items():
-        lines.append(
-            f"| {method} | "
-            + " | ".join(fmt(entry["drop"][m]) for m in mods)
-            + f" | {fmt(entry['top_share'], 2)} | "
-            + " | ".join(fmt(entry["heads"][m]) for m in mods)
-            + " |"
-        )
+def ablation_table(table: Mapping[str, dict]) -> list[str]:
+    """The paper's ablation: CGGM parts (rows) x estimator sets (columns), test Δ vs joint [95% CI]."""
+    lines = ["| CGGM part | " + " | ".join(f"{name} estimators" for name in ESTIMATORS) + " |",
+             "|---|" + "---|" * len(ESTIMATORS)]
+    for part in PARTS:
+        cells = []
+        for suffix in ESTIMATORS.values():
+            entry = table.get(f"cggm_{part}{suffix}")
+            diff = entry.get("vs_joint") if entry else None
+            cells.append("—" if diff is None else f"{_interval(diff)} {diff.verdict}")
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
     return lines
 
 
-def plot_task(results: Sequence[dict[str, Any]], task: Task, summary: dict[str, dict],
+def headroom_lines(task: Task, check: Mapping[str, Any]) -> list[str]:
+    if check["reason"]:
+        return [f"Headroom check not run: it {check['reason']}."]
+    verdict = "**passed**" if check["passed"] else "**failed**: this task does not rank methods"
+    return [
+        f"- weak modality ({task.weak}) head, `unimodal_{task.weak}` - joint (validation): "
+        f"{_interval(check['weak_head'])}, {check['weak_head'].verdict}",
+        f"- task score, oracle - joint (validation): {_interval(check['oracle'])}, {check['oracle'].verdict}",
+        f"- headroom check {verdict}.",
+    ]
+
+
+def joint_curve(results: Sequence[dict[str, Any]], task: Task) -> tuple[list[int], list[float]]:
+    """Joint training's validation curve, mean over seeds (epochs of the first seed's run)."""
+    runs = _runs(results, task, BASELINE)
+    curves = [r["validation_curve"] for r in runs if r["validation_curve"]["values"]]
+    if not curves:
+        return [], []
+    length = min(len(c["values"]) for c in curves)
+    values = [statistics.fmean(c["values"][i] for c in curves) for i in range(length)]
+    return curves[0]["epochs"][:length], values
+
+
+def plot_task(results: Sequence[dict[str, Any]], task: Task, table: Mapping[str, dict],
               folder: Path) -> dict[str, Path]:
-    """Utilisation and coefficient curves of the lowest seed, reliance bars over all seeds."""
-    seed = min(s for entry in summary.values() for s in entry["seeds"])
-    runs = {r["variant"]: r for r in results if r["task"] == task.name and r["seed"] == seed}
-    smooth = max(1, max(e["iterations"] for e in summary.values()) // 15)
+    """Validation curves (all methods, mean over seeds), per-iteration utilisation and coefficient curves
+    of the lowest seed, reliance bars over all seeds."""
     plots = {}
+    validation = {}
+    for method in table:
+        curves = [r["validation_curve"] for r in _runs(results, task, method)
+                  if r["validation_curve"]["values"]]
+        if curves:
+            length = min(len(c["values"]) for c in curves)
+            validation[method] = (curves[0]["epochs"][:length],
+                                  [statistics.fmean(c["values"][i] for c in curves) for i in range(length)])
+    if validation:
+        plots["validation"] = line_panels({f"{task.name}: validation {task.score_label}": validation},
+                                          folder / f"{task.name}_validation.png", "epoch", task.score_label)
+    seed = min(s for entry in table.values() for s in entry["seeds"])
+    runs = {r["variant"]: r for r in results if r["task"] == task.name and r["seed"] == seed}
+    smooth = max(1, max(e["iterations"] for e in table.values()) // 15)
     for kind, label in CURVES.items():
         panels = {}
-        for method in summary:
+        for method in table:
             curves = runs.get(method, {}).get("curves", {})
             series = {m: (list(range(1, len(c) + 1)), c) for m in task.modalities
                       if (c := curves.get(f"{kind}/{m}"))}
@@ -216,134 +260,111 @@ def plot_task(results: Sequence[dict[str, Any]], task: Task, summary: dict[str, 
                 panels, folder / f"{task.name}_{kind}.png", "iteration", label, smooth=smooth, columns=4,
                 suptitle=f"{task.name}: per-modality {label} during training (seed {seed}, moving average "
                          f"of {smooth})", ylim=robust_limits(panels) if kind == "coeff" else None)
-    methods = list(summary)
-    bars = {m: ([summary[v]["drop"][m][0] for v in methods],
-                [summary[v]["drop"][m][1] or 0.0 for v in methods]) for m in task.modalities}
+    methods = list(table)
+    bars = {m: ([table[v]["drop"][m].mean for v in methods], [table[v]["drop"][m].std for v in methods])
+            for m in task.modalities}
     plots["reliance"] = grouped_bars(methods, bars, folder / f"{task.name}_reliance.png",
                                      f"{task.score_label} lost",
                                      title=f"{task.name}: score lost without each modality")
     return plots
 
 
-def task_section(
-    task: Task, summary: dict[str, dict], plots: dict[str, Path], doc_dir: Path
-) -> list[str]:
-    iterations = sorted({e["iterations"] for e in summary.values()})
+CAPTIONS = {
+    "validation": "Validation score over training (mean over seeds)",
+    "utilisation": "Per-modality head scores (utilisation) over training",
+    "coeff": "Per-modality coefficients over training (CGGM: B_i; OGM-GE: k_i)",
+    "reliance": "Score lost when each modality is blanked (mean ± std over seeds)",
+}
+
+
+def task_section(task: Task, table: Mapping[str, dict], check: Mapping[str, Any], curve: tuple[list, list],
+                 plots: Mapping[str, Path], doc_dir: Path) -> list[str]:
+    iterations = sorted({e["iterations"] for e in table.values()})
+    epochs, values = curve
+    plateau = (f"joint training's validation {task.score_label} by epoch: "
+               + ", ".join(f"{e}: {v:.3f}" for e, v in zip(epochs, values))
+               + f" — {'plateaued' if plateaued(values) else 'NOT plateaued'} (rule above).") if values else \
+        "no validation curve recorded."
+    robust = ", ".join(f"`{k}: {v}`" for k, v in task.robust.items())
     lines = [
-        f"## {task.name}",
-        "",
-        task.describe(),
-        "",
+        f"## {task.name}", "", task.describe(), "",
         f"Training iterations per run: {', '.join(map(str, iterations))}. Seeds: "
-        f"{', '.join(map(str, next(iter(summary.values()))['seeds']))}. Mean ± sample std over seeds.",
-        "",
-        f"### Held-out scores ({task.score_label} first) and cost",
-        "",
-        *score_table(task, summary),
-        "",
-        "### Modality reliance and head scores",
-        "",
-        *reliance_table(task, summary),
-        "",
+        f"{', '.join(map(str, next(iter(table.values()))['seeds']))}. Robust estimators on this task: "
+        f"{robust}.",
+        "", "### Headroom check", "", *headroom_lines(task, check), "", f"Plateau: {plateau}", "",
+        f"### Scores ({task.score_label}) against joint training, and cost", "",
+        *score_table(task, table), "",
+        "### Ablation in the paper's form (test Δ vs joint [95% CI])", "", *ablation_table(table), "",
     ]
-    captions = {
-        "utilisation": "Per-modality head scores (utilisation) over training",
-        "coeff": "Per-modality coefficients over training (CGGM: B_i; OGM-GE: k_i)",
-        "reliance": "Score lost when each modality is blanked (mean ± std over seeds)",
-    }
     for kind, path in plots.items():
-        lines += [f"![{captions[kind]}]({path.relative_to(doc_dir).as_posix()})", ""]
+        lines += [f"![{CAPTIONS[kind]}]({path.relative_to(doc_dir).as_posix()})", ""]
     return lines
 
 
-def _verdicts(task: Task, summary: dict[str, dict]) -> list[str]:
-    if BASELINE not in summary:
-        return []
-    base = summary[BASELINE]
-    lines = []
-    for method, entry in summary.items():
-        if method != BASELINE:
-            lines.append(
-                f"- {task.name} / **{method}**: {task.score_label} {fmt(entry['scores'][task.score_key])}, "
-                f"{verdict(entry, base, task.score_key)}; top-modality share {fmt(entry['top_share'], 2)} "
-                f"(joint {fmt(base['top_share'], 2)}); step time {_ratio(entry['time_ratio'])}."
-            )
-    return lines
+def conclusion(task: Task, table: Mapping[str, dict], check: Mapping[str, Any]) -> list[str]:
+    """The task's line in the summary: headroom, the default chosen on validation, its test interval."""
+    chosen = choose_default(table)
+    if chosen is None:
+        return [f"- **{task.name}**: no CGGM row was run."]
+    diff = table[chosen].get("vs_joint")
+    head = table[chosen].get("weak_head_vs_joint")
+    ranked = "headroom check passed" if check["passed"] else "headroom check FAILED (does not rank methods)"
+    return [f"- **{task.name}** ({ranked}): the CGGM row with the best validation score is **{chosen}**; on "
+            f"the test split it is {diff.verdict if diff else '—'} joint training "
+            f"({_interval(diff)}, {diff.wins if diff else 0}/{diff.n if diff else 0} seeds better, "
+            f"{table[chosen]['collapsed']} collapsed), weak-modality head {_interval(head)}, step time "
+            f"{_ratio(table[chosen]['time_ratio'])}."]
 
 
-def _runs_without_curves(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in ("curves", "step_times")} for r in results]
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {**{k: _jsonable(getattr(value, k)) for k in value.__dataclass_fields__},
+                **({"verdict": value.verdict} if isinstance(value, PairedDifference) else {})}
+    return value
 
 
-def write_benchmark(
-    results: Sequence[dict[str, Any]],
-    tasks: Sequence[Task],
-    methods: Sequence[str],
-    out: Path,
-    command: str,
-    machine: dict[str, Any],
-    wall_s: float,
-    quick: bool,
-) -> list[Path]:
+def write_benchmark(results: Sequence[dict[str, Any]], tasks: Sequence[Task], methods: Sequence[str],
+                    out: Path, command: str, machine: dict[str, Any], wall_s: float,
+                    quick: bool) -> list[Path]:
     """Write the markdown report, its PNG plots and ``results.json``; returns the files written."""
     out = Path(out)
     folder = out.parent / "benchmark"
     body: list[str] = []
-    verdicts: list[str] = []
-    recommended: list[str] = []
+    conclusions: list[str] = []
     numbers: dict[str, Any] = {}
     for task in tasks:
-        summary = aggregate(results, task, methods)
-        plots = plot_task(results, task, summary, folder)
-        body += task_section(task, summary, plots, out.parent)
-        verdicts += _verdicts(task, summary)
-        if task.name == "brats":
-            recommended = recommendation(task, summary)
-        numbers[task.name] = summary
+        table = aggregate(results, task, methods)
+        check = headroom(task, table)
+        curve = joint_curve(results, task)
+        plots = plot_task(results, task, table, folder)
+        body += task_section(task, table, check, curve, plots, out.parent)
+        conclusions += conclusion(task, table, check)
+        numbers[task.name] = {"table": table, "headroom": check, "default": choose_default(table)}
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
     header = [
-        "# Modality-balance benchmark",
-        "",
+        "# Modality-balance benchmark", "",
         "Written by `cggm-seg benchmark`; rerun the command to reproduce or update it, do not edit by hand.",
-        *(
-            [""]
-            + ["**`--quick` run: a smoke test of the pipeline on tiny data; these numbers mean nothing.**"]
-            if quick
-            else []
-        ),
+        *([""] + ["**`--quick` run: a smoke test of the pipeline on tiny data; these numbers mean nothing.**"]
+          if quick else []),
         "",
         f"- Command: `{command}`",
         f"- Machine: {machine['cpu']}, nproc {machine['nproc']}, {machine['threads']} torch thread(s) per run"
         f"{gpu}; Python {machine['python']}, torch {machine['torch']}, MONAI {machine['monai']}",
         f"- Date: {datetime.date.today().isoformat()}; wall time {wall_s / 60:.1f} min for "
         f"{len(results)} runs",
-        "",
-        "## Results in one line each",
-        "",
-        *verdicts,
-        "",
-        "## Recommended CGGM default for the BraTS bundle",
-        "",
-        *(recommended or ["BraTS was not run."]),
-        "",
-        "## Methods and measurements",
-        "",
-        METHOD_NOTES,
+        "", "## Rules, fixed before the results", "", RULES,
+        "## Results in one line per task", "", *conclusions, "",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(header + body).rstrip() + "\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(header + body + ["## Methods and measurements", "", METHOD_NOTES])
+    out.write_text(text.rstrip() + "\n")
     data = folder / "results.json"
-    data.write_text(
-        json.dumps(
-            {
-                "command": command,
-                "machine": machine,
-                "wall_s": wall_s,
-                "summary": numbers,
-                "runs": _runs_without_curves(results),
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    runs = [{k: v for k, v in r.items() if k not in ("curves", "step_times")} for r in results]
+    data.write_text(json.dumps(_jsonable({"command": command, "machine": machine, "wall_s": wall_s,
+                                          "summary": numbers, "runs": runs}), indent=1) + "\n")
     return [out, data, *sorted(folder.glob("*.png"))]

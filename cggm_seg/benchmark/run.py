@@ -30,7 +30,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from cggm_seg.benchmark.tasks import CONSOLE_HANDLERS, SETTINGS, TASKS, Task, Variant
+from cggm_seg.benchmark.tasks import CONSOLE_HANDLERS, SETTINGS, SPLITS, TASKS, Task, Variant
 from cggm_seg.benchmark.timing import PeakMemory, StepTimer
 from cggm_seg.metrics.reliance import head_scores, modality_reliance
 from cggm_seg.modulation import HeadMonitor, ModalityHeadsHandler, keep_only_modality
@@ -89,10 +89,64 @@ def _batches(parser: ConfigParser, evaluator: Any) -> Iterator[tuple[Any, torch.
         yield evaluator.prepare_batch(batch, evaluator.state.device, False)
 
 
-def train_and_measure(
-    task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path
-) -> dict[str, Any]:
-    """Train ``variant`` on ``task`` with ``seed`` in ``run_dir``; everything the benchmark reports."""
+class ValidationCurve:
+    """The bundle's validation key metric after every validation run: the training curve of the report."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.epochs: list[int] = []
+        self.values: list[float] = []
+        self._trainer: Engine | None = None
+
+    def attach(self, trainer: Engine, evaluator: Engine) -> None:
+        self._trainer = trainer
+        evaluator.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, evaluator: Engine) -> None:
+        self.epochs.append(self._trainer.state.epoch)
+        self.values.append(float(evaluator.state.metrics[self.metric]))
+
+
+def load_encoder(network: torch.nn.Module, checkpoint: Path, encoder: str) -> int:
+    """Copy encoder ``encoder``'s weights from ``checkpoint``'s network into ``network``; tensors copied."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["network"]
+    prefix = encoder + "."
+    subset = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not subset:
+        raise RuntimeError(f"{checkpoint} has no weights of encoder {encoder!r}")
+    network.get_submodule(encoder).load_state_dict(subset)
+    return len(subset)
+
+
+def evaluate_split(task: Task, variant: Variant, overrides: dict[str, Any], data_dir: Path, run_dir: Path,
+                   split: str, heads_handler: ModalityHeadsHandler, with_reliance: bool) -> dict[str, Any]:
+    """Scores of the final weights and of the heads on ``split``; on request also the reliance."""
+    parser = bundle_parser([task.train_config, task.eval_config],
+                           {**task.eval_overrides(data_dir, run_dir, split), **overrides})
+    evaluator = parser.get_parsed_content("evaluator")
+    network = parser.get_parsed_content("network")
+    encoders, names = heads_handler.encoder_names, heads_handler.modality_names
+    if variant.method == "unimodal":  # the same blanking as in training, as a user's evaluation must do
+        keep_only_modality(network, encoders, variant.settings["modality"], names)
+    evaluator.run()
+    result: dict[str, Any] = {"scores": task.scores(parser, evaluator)}
+    result["head_scores"] = head_scores(network, heads_handler.heads, encoders, names,
+                                        _batches(parser, evaluator), heads_handler.metric)
+    if with_reliance:
+        def evaluate() -> float:
+            evaluator.run()
+            return task.scores(parser, evaluator)[task.score_key]
+
+        result["reliance"] = modality_reliance(network, encoders, names, evaluate).as_dict()
+    return result
+
+
+def train_and_measure(task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path,
+                      init_checkpoint: Path | None = None) -> dict[str, Any]:
+    """Train ``variant`` on ``task`` with ``seed`` in ``run_dir``; everything the benchmark reports.
+
+    ``init_checkpoint``: a finished run whose weak-modality encoder initialises this one (the oracle).
+    """
     started = time.perf_counter()
     overrides = variant_overrides(variant, seed)
     parser = bundle_parser([task.train_config], {**task.train_overrides(data_dir, run_dir), **overrides})
@@ -100,50 +154,31 @@ def train_and_measure(
     trainer = parser.get_parsed_content("trainer")
     handler = parser.get_parsed_content("modulation_handler")
     device = torch.device(parser.get_parsed_content("device"))
+    heads_handler = handler if isinstance(handler, ModalityHeadsHandler) else _monitor(parser)
+    if init_checkpoint is not None:
+        weak = heads_handler.encoder_names[heads_handler.modality_names.index(task.weak)]
+        load_encoder(trainer.network, init_checkpoint, weak)
     timer = StepTimer(device)
     timer.attach(trainer)
-    heads_handler = handler if isinstance(handler, ModalityHeadsHandler) else _monitor(parser)
     if heads_handler is not handler:
         heads_handler.attach(trainer)
     recorder = CurveRecorder(heads_handler)
     recorder.attach(trainer)
+    validation = ValidationCurve(task.val_metric)
+    validation.attach(trainer, parser.get_parsed_content("validate#evaluator"))
     with PeakMemory(device) as memory:
         trainer.run()
     train_s = time.perf_counter() - started
-
-    evaluation = bundle_parser(
-        [task.train_config, task.eval_config], {**task.eval_overrides(data_dir, run_dir), **overrides}
-    )
-    evaluator = evaluation.get_parsed_content("evaluator")
-    network = evaluation.get_parsed_content("network")
-    encoders = heads_handler.encoder_names
-    names = heads_handler.modality_names
-    if variant.method == "unimodal":  # the same blanking as in training, as a user's evaluation must do
-        keep_only_modality(network, encoders, variant.settings["modality"], names)
-    full_scores: list[dict[str, float]] = []
-
-    def evaluate() -> float:
-        evaluator.run()
-        scores = task.scores(evaluation, evaluator)
-        full_scores.append(scores)
-        return scores[task.score_key]
-
-    reliance = modality_reliance(network, encoders, names, evaluate)
-    heads = head_scores(
-        parser.get_parsed_content("network"),
-        heads_handler.heads,
-        encoders,
-        names,
-        _batches(evaluation, evaluator),
-        heads_handler.metric,
-    )
+    splits = {split: evaluate_split(task, variant, overrides, data_dir, run_dir, split, heads_handler,
+                                    with_reliance=split == "test") for split in SPLITS}
     return {
         "task": task.name,
         "variant": variant.name,
         "seed": seed,
-        "scores": full_scores[0],
-        "reliance": reliance.as_dict(),
-        "head_scores": heads,
+        "scores": {split: result["scores"] for split, result in splits.items()},
+        "reliance": splits["test"]["reliance"],
+        "head_scores": {split: result["head_scores"] for split, result in splits.items()},
+        "validation_curve": {"epochs": validation.epochs, "values": validation.values},
         "step_times": timer.times,
         "peak_mib": memory.mib,
         "curves": recorder.curves,
@@ -167,9 +202,11 @@ def child_main(spec: dict[str, Any], result_path: str, log_path: str) -> None:
     )
     try:
         torch.set_num_threads(spec["threads"])
-        task = TASKS[spec["task"]](SETTINGS[spec["task"]][spec["setting"]])
+        task = TASKS[spec["task"]](SETTINGS[spec["task"]][spec["setting"]], Path(spec["bundles"]))
         variant = task.variants()[spec["variant"]]
-        result = train_and_measure(task, variant, spec["seed"], Path(spec["data_dir"]), Path(spec["run_dir"]))
+        init = Path(spec["init_checkpoint"]) if spec.get("init_checkpoint") else None
+        result = train_and_measure(task, variant, spec["seed"], Path(spec["data_dir"]), Path(spec["run_dir"]),
+                                   init)
         Path(result_path).write_text(json.dumps(result))
     except BaseException:
         traceback.print_exc()
