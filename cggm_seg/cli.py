@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "prepare": {
         "brats": ("validate a BraTS folder and write a k-fold datalist JSON", _C + "prepare_brats"),
     },
-    "evaluate": ("BraTS Dice/HD95 of a folder of label maps against ground truth", _C + "evaluate"),
+    "evaluate": ("BraTS scores (2021 volume, 2023 lesion-wise) of a folder of label maps", _C + "evaluate"),
     "benchmark": {
         "balance": ("methods x seeds x tasks: does balancing help?", _C + "benchmark_balance"),
         "overhead": ("step time and memory of CGGM against joint training", _C + "benchmark_overhead"),

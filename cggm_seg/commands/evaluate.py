@@ -7,8 +7,21 @@ import logging
 from pathlib import Path
 
 from cggm_seg.brats_labels import CONVENTIONS
+from cggm_seg.errors import UserError
 from cggm_seg.io import check_new_outputs
-from cggm_seg.metrics.scoring import NIFTI, format_summary, score_folders, write_scores
+from cggm_seg.metrics.scoring import (
+    CHALLENGES,
+    NIFTI,
+    SCHEMES,
+    Scheme,
+    default_scheme,
+    default_workers,
+    format_summary,
+    layout_convention,
+    output_paths,
+    score_folders,
+    write_scores,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -20,22 +33,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="BraTS 2021/2023 or MSD dataset root, or a flat folder of <case_id>[_seg|-seg]"
                              f"{NIFTI} label maps")
     parser.add_argument("--out", type=Path,
-                        help="per-case CSV (default: <pred>/brats_scores.csv); the summary JSON goes next "
-                             "to it as <name>_summary.json")
-    parser.add_argument("--convention", choices=sorted(CONVENTIONS), default="brats2021",
-                        help="label values of the ground truth (default: %(default)s)")
+                        help="per-case CSV (default: <pred>/brats_scores.csv); the summary JSON and one box "
+                             "plot per metric go next to it as <name>_summary.json and <name>_<metric>.png")
+    parser.add_argument("--convention", choices=sorted(CONVENTIONS),
+                        help="label values of the ground truth (default: from the --gt layout: brats2023 for "
+                             "<case>/<case>-seg.nii.gz folders, msd for labelsTr/, else brats2021)")
     parser.add_argument("--pred-convention", choices=sorted(CONVENTIONS),
                         help="label values of the predictions (default: same as --convention)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing CSV/JSON outputs")
+    parser.add_argument("--scheme", choices=SCHEMES,
+                        help="brats2021: volume Dice/HD95 per region; brats2023: lesion-wise Dice/HD95, "
+                             "lesion TP/FP/FN, NSD and volume Dice (default: brats2023 for the brats2023 "
+                             "convention, else brats2021)")
+    parser.add_argument("--challenge", choices=CHALLENGES,
+                        help="brats2023 only: the challenge whose lesion dilation and size threshold apply "
+                             "(default: GLI, dilation 3, lesions of at most 50 mm^3 ignored)")
+    parser.add_argument("--nsd-tolerance", type=float, metavar="MM",
+                        help="brats2023 only: tolerance of the normalised surface distance (surface Dice) in "
+                             "mm (default: 1)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="processes scoring cases in parallel (default: the CPU count, %(default)s)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing CSV/JSON/PNG outputs")
+
+
+def scheme_from_args(args: argparse.Namespace, convention: str) -> Scheme:
+    """The scheme the options ask for; brats2023 options with brats2021 are refused, not ignored."""
+    name = args.scheme or default_scheme(convention)
+    lesion_options = [o for o, v in (("--challenge", args.challenge), ("--nsd-tolerance", args.nsd_tolerance))
+                      if v is not None]
+    if name != "brats2023" and lesion_options:
+        verb = "apply" if len(lesion_options) > 1 else "applies"
+        options = " and ".join(lesion_options)
+        raise UserError(f"{options} only {verb} to --scheme brats2023 (scheme is {name})")
+    defaults = Scheme()
+    return Scheme(name, args.challenge or defaults.challenge,
+                  defaults.nsd_tolerance_mm if args.nsd_tolerance is None else args.nsd_tolerance)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Score, write the CSV and JSON, print the summary table."""
+    """Score, write the CSV, JSON and box plots, print the summary table."""
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    convention = args.convention or layout_convention(args.gt)
+    scheme = scheme_from_args(args, convention)
     csv_path = args.out or args.pred / "brats_scores.csv"
-    summary_path = csv_path.with_name(f"{csv_path.name.removesuffix('.csv')}_summary.json")
-    check_new_outputs((csv_path, summary_path), args.force)  # fail before minutes of scoring
-    rows = score_folders(args.pred, args.gt, args.convention, args.pred_convention)
-    summary = write_scores(rows, csv_path, summary_path, force=args.force)
-    logger.info("wrote %s and %s", csv_path, summary_path)
+    summary_path, plots = output_paths(csv_path, scheme)
+    check_new_outputs((csv_path, summary_path, *plots), args.force)  # fail before minutes of scoring
+    logger.info("scoring with the %s scheme, %s labels, %d worker(s)", scheme.name, convention, args.workers)
+    rows = score_folders(args.pred, args.gt, convention, args.pred_convention, scheme, args.workers)
+    summary = write_scores(rows, csv_path, summary_path, force=args.force, scheme=scheme)
+    logger.info("wrote %s, %s and %d box plots", csv_path, summary_path, len(plots))
     print(format_summary(summary))
     return 0

@@ -324,6 +324,14 @@ def lesionwise_case_scores(pred_labels: np.ndarray, gt_labels: np.ndarray, conve
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
     gt_masks = get_convention(convention).region_masks(gt)
     pred_masks = get_convention(pred_convention or convention).region_masks(pred)
+    return lesionwise_mask_scores(pred_masks, gt_masks, spacing, settings)
+
+
+def lesionwise_mask_scores(pred_masks: np.ndarray, gt_masks: np.ndarray,
+                           spacing: Sequence[float] | float = (1.0, 1.0, 1.0),
+                           settings: LesionwiseSettings = GLI) -> dict[str, float]:
+    """``lesionwise_case_scores`` of boolean (TC, WT, ET) masks [3, *spatial], as a network's
+    post-processing produces them (``BratsScoreHandler``), so no label map is needed."""
     scores: dict[str, float] = {}
     for region in CASE_REGIONS:
         index = REGIONS.index(region)
@@ -359,11 +367,13 @@ def summary_statistics(rows: Sequence[Mapping[str, float]],
     return summary
 
 
-def box_plots(rows: Sequence[Mapping[str, float]], keys: Sequence[str], out_dir: str | Path) -> list[Path]:
-    """One PNG per metric in ``keys`` (e.g. ``lesion_dice``), one box per region (WT, TC, ET).
+def box_plots(rows: Sequence[Mapping[str, float]], keys: Sequence[str], out_dir: str | Path,
+              prefix: str = "") -> list[Path]:
+    """One PNG ``{prefix}{metric}.png`` per metric in ``keys`` (e.g. ``lesion_dice``), one box per region.
 
     Each box holds the cases' ``{metric}_{region}`` values, so per-case spread is visible and not
-    just the mean. Drawn with the Agg canvas directly: no display and no global backend change.
+    just the mean. ``prefix`` ties the plots to the table they come from (``brats_scores_``).
+    Drawn with the Agg canvas directly: no display and no global backend change.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -386,7 +396,7 @@ def box_plots(rows: Sequence[Mapping[str, float]], keys: Sequence[str], out_dir:
         axes.set_title(f"{metric} ({len(rows)} cases)")
         axes.grid(axis="y", alpha=0.3)
         figure.tight_layout()
-        path = out / f"{metric}.png"
+        path = out / f"{prefix}{metric}.png"
         figure.savefig(path, dpi=100)
         paths.append(path)
     return paths

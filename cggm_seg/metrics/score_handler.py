@@ -1,8 +1,10 @@
-"""`BratsScoreHandler`: per-case BraTS Dice/HD95 inside a MONAI evaluator, written like `cggm-seg evaluate`.
+"""`BratsScoreHandler`: per-case BraTS scores inside a MONAI evaluator, written like `cggm-seg evaluate`.
 
 A bundle's ``evaluate.json`` attaches it to its ``SupervisedEvaluator``; each case is scored on the
-region masks the post-transforms produce, so the bundle and the command give the same CSV and
-summary JSON and share one scoring and one writing code path.
+region masks the post-transforms produce, by the ``brats2021`` (volume Dice/HD95) or the
+``brats2023`` (lesion-wise) scheme, so the bundle and the command give the same CSV, summary JSON
+and box plots and share one scoring and one writing code path. Training's validation keeps MONAI's
+fast volume Dice: lesion-wise scoring is for the final table, not for every epoch.
 """
 
 from __future__ import annotations
@@ -22,9 +24,15 @@ from cggm_seg.brats_labels import REGIONS, case_id_from_filename, get_convention
 from cggm_seg.errors import UserError
 from cggm_seg.io import check_new_outputs
 from cggm_seg.metrics.brats import region_scores
+from cggm_seg.metrics.lesionwise import lesionwise_mask_scores
 from cggm_seg.metrics.scoring import (
+    Scheme,
     check_label_values,
+    crop_margin,
+    crop_to_labels,
     format_summary,
+    lesionwise_columns,
+    output_paths,
     write_scores,
 )
 
@@ -32,23 +40,27 @@ logger = logging.getLogger(__name__)
 
 
 class BratsScoreHandler:
-    """Scores every case of an evaluation run and writes ``scores.csv`` and ``summary.json`` at the end.
+    """Scores every case of an evaluation run and writes the CSV, summary JSON and box plots at the end.
 
     Each item of ``engine.state.output`` needs ``pred`` and ``label``: either 3 binary channels
     (TC, WT, ET), as after ``Activationsd(sigmoid) + AsDiscreted(threshold=0.5)``, or 1 channel
     holding a label map in ``convention``. The case id comes from ``case_id_fn(filename_or_obj)``
     of the first of pred/label/image that carries a file name, the voxel spacing from that
     tensor's affine (so predictions inverted to the original grid are scored in mm there).
-    Existing outputs are refused at the start of a run unless ``overwrite``; under torch.distributed
-    every rank scores its own cases and rank 0 writes them all.
+    ``scheme`` is ``brats2021`` (the default: region Dice/HD95) or ``brats2023`` (lesion-wise scores
+    with ``challenge``'s parameters and the NSD at ``nsd_tolerance_mm``), the columns of
+    ``cggm-seg evaluate --scheme``. Existing outputs are refused at the start of a run unless
+    ``overwrite``; under torch.distributed every rank scores its own cases and rank 0 writes them all.
     """
 
     def __init__(self, output_dir: str, convention: str = "brats2021",
-                 case_id_fn: Callable[[str], str] | None = None, overwrite: bool = False) -> None:
+                 case_id_fn: Callable[[str], str] | None = None, overwrite: bool = False,
+                 scheme: str = "brats2021", challenge: str = "GLI", nsd_tolerance_mm: float = 1.0) -> None:
         self.output_dir = Path(output_dir)
         self.convention = get_convention(convention)
         self.case_id_fn = case_id_fn or case_id_from_filename
         self.overwrite = overwrite
+        self.scheme = Scheme(scheme, challenge, nsd_tolerance_mm)
         self.rows: list[dict] = []
 
     @property
@@ -67,7 +79,8 @@ class BratsScoreHandler:
 
     def _started(self, engine: Engine) -> None:
         if idist.get_rank() == 0:
-            check_new_outputs((self.csv_path, self.summary_path), self.overwrite)
+            plots = output_paths(self.csv_path, self.scheme)[1]
+            check_new_outputs((self.csv_path, self.summary_path, *plots), self.overwrite)
         self.rows = []
 
     def _iteration_completed(self, engine: Engine) -> None:
@@ -76,7 +89,7 @@ class BratsScoreHandler:
             self.rows.append(self.score_item(item))
 
     def score_item(self, item: dict) -> dict:
-        """``{"case_id", dice_wt, ..., hd95_et}`` of one decollated evaluator output."""
+        """``{"case_id", <the scheme's metrics>}`` of one decollated evaluator output."""
         named = [item[k] for k in (CommonKeys.PRED, CommonKeys.LABEL, CommonKeys.IMAGE)
                  if isinstance(item.get(k), MetaTensor) and item[k].meta.get(ImageMetaKey.FILENAME_OR_OBJ)]
         source = named[0] if named else None
@@ -89,7 +102,11 @@ class BratsScoreHandler:
             spacing = [float(s) for s in source.pixdim[:3]]
         pred = self._region_masks(item[CommonKeys.PRED], f"case {case_id}: pred")
         label = self._region_masks(item[CommonKeys.LABEL], f"case {case_id}: label")
-        return {"case_id": case_id, **region_scores(pred, label, spacing)}
+        pred, label = crop_to_labels(pred, label, crop_margin(self.scheme))
+        if not self.scheme.lesionwise:
+            return {"case_id": case_id, **region_scores(pred, label, spacing)}
+        scores = lesionwise_mask_scores(pred, label, spacing, self.scheme.settings)
+        return {"case_id": case_id, **lesionwise_columns(scores)}
 
     def _region_masks(self, tensor: torch.Tensor, where: str) -> np.ndarray:
         array = convert_to_numpy(tensor)
@@ -111,6 +128,7 @@ class BratsScoreHandler:
         if not rows:
             logger.warning("no cases were scored; %s not written", self.csv_path)
             return
-        summary = write_scores(rows, self.csv_path, self.summary_path, force=self.overwrite)
+        summary = write_scores(rows, self.csv_path, self.summary_path, force=self.overwrite,
+                               scheme=self.scheme)
         logger.info("BraTS scores of %d cases written to %s\n%s", len(rows), self.csv_path,
                     format_summary(summary))
