@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toy_multimodal import GradSnapshot, make_models, make_trainer, toy_data
+from toy_multimodal import GradSnapshot, cggm, make_models, make_trainer, toy_data
 
 from cggm_seg.cggm import balance_coefficients, level_coefficients, share_coefficients, windowed_improvement
 from cggm_seg.errors import UserError
 from cggm_seg.metrics.brats import soft_dice
 from cggm_seg.metrics.tasks import true_class_probability
-from cggm_seg.modulation import CGGMHandler
 
 
 def scripted(values):
     it = iter(values)
     return lambda pred, target: torch.tensor(next(it))
-
-
-def cggm(heads, metric=None, **settings) -> CGGMHandler:
-    settings.setdefault("lam", 0.0)
-    return CGGMHandler(encoders=[f"encoders.{i}" for i in range(len(heads))], fusion_layer="output_layer",
-                       heads=heads, head_optimizer=torch.optim.SGD(heads.parameters(), lr=0.1),
-                       metric=metric or scripted([0.5] * 100), **settings)
 
 
 # ------------------------------------------------------------------------------------------- maths

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.handlers import CheckpointLoader, CheckpointSaver
-from toy_multimodal import GradSnapshot, accuracy, make_models, make_trainer, toy_data
+from toy_multimodal import GradSnapshot, accuracy, cggm, make_models, make_trainer, toy_data
 
 from cggm_seg.cggm import balance_coefficients, balancing_term, flat_cosine
 from cggm_seg.errors import UserError
@@ -19,13 +19,6 @@ def scripted_metric(values):
     """A utilisation metric that returns the given values in turn: known coefficients by hand."""
     it = iter(values)
     return lambda pred, target: torch.tensor(next(it))
-
-
-def cggm(heads, metric=accuracy, **settings) -> CGGMHandler:
-    settings.setdefault("lam", 0.0)
-    return CGGMHandler(encoders=[f"encoders.{i}" for i in range(len(heads))], fusion_layer="output_layer",
-                       heads=heads, head_optimizer=torch.optim.SGD(heads.parameters(), lr=0.1),
-                       metric=metric, **settings)
 
 
 def one_step_grads(modalities=2, handler_factory=None, seed=0):

@@ -73,3 +73,13 @@ class GradSnapshot:
 
     def __call__(self, engine: SupervisedTrainer) -> None:
         self.grads.append({n: p.grad.detach().clone() for n, p in engine.network.named_parameters()})
+
+
+def cggm(heads: nn.ModuleList, metric=accuracy, **settings):
+    """A CGGMHandler on ToyNet's encoders and output layer; ``lambda`` 0 unless given."""
+    from cggm_seg.modulation import CGGMHandler
+
+    settings.setdefault("lam", 0.0)
+    return CGGMHandler(encoders=[f"encoders.{i}" for i in range(len(heads))], fusion_layer="output_layer",
+                       heads=heads, head_optimizer=torch.optim.SGD(heads.parameters(), lr=0.1),
+                       metric=metric, **settings)

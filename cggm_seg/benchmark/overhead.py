@@ -25,7 +25,8 @@ from cggm_seg.networks import MultiModalUNet3D
 
 
 def _run(
-    network: MultiModalUNet3D, batch: dict, steps: int, device: torch.device, direction: str | None
+    network: MultiModalUNet3D, batch: dict, steps: int, device: torch.device, direction: str | None,
+    lam: float = 0.1,
 ) -> tuple[list[float], float]:
     """Train ``steps`` steps (with CGGM when ``direction`` is set); returns step times and peak MiB."""
     net = copy.deepcopy(network)
@@ -40,7 +41,7 @@ def _run(
                 torch.optim.SGD(heads.parameters(), lr=1e-3),
                 batch_mean_dice,
                 rho=1.0,
-                lam=0.1,
+                lam=lam,
                 direction=direction,
             )
         )
@@ -72,8 +73,12 @@ def measure_overhead(
     modalities: int = 4,
     channels: tuple[int, ...] = (16, 32, 64, 128),
     device: str = "cpu",
+    lam: float = 0.1,
 ) -> dict:
-    """Median step time and peak memory with CGGM over without, with the raw numbers."""
+    """Median step time and peak memory with CGGM over without, with the raw numbers.
+
+    ``lam`` is CGGM's ``lambda``: 0 measures magnitude modulation alone (the BraTS bundle's default).
+    """
     if direction not in DIRECTIONS:
         raise UserError(f"--direction: {direction!r} is not one of {DIRECTIONS}")
     if size % 8 or size < 16:
@@ -91,16 +96,17 @@ def measure_overhead(
     memory: dict[str, list[float]] = {"joint": [], "cggm": []}
     for _ in range(2):  # one unrecorded round each: lazy initialisation and allocator caches
         for mode in (None, direction):
-            _run(network, batch, WARMUP_STEPS + 1, dev, mode)
+            _run(network, batch, WARMUP_STEPS + 1, dev, mode, lam)
     for _ in range(rounds):
         for name, mode in (("joint", None), ("cggm", direction)):
-            step_times, peak = _run(network, batch, steps, dev, mode)
+            step_times, peak = _run(network, batch, steps, dev, mode, lam)
             times[name] += step_times
             memory[name].append(peak)
     joint_s, cggm_s = statistics.median(times["joint"]), statistics.median(times["cggm"])
     joint_mib, cggm_mib = statistics.median(memory["joint"]), statistics.median(memory["cggm"])
     return {
         "direction": direction,
+        "lambda": lam,
         "time_ratio": round(cggm_s / joint_s, 3),
         "memory_ratio": round(cggm_mib / joint_mib, 3) if joint_mib > 0 else None,
         "joint_step_s": round(joint_s, 4),
