@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle train.json")
     parser.add_argument("--set", type=bundle_override, action="append", default=[], metavar="ID=VALUE",
                         help="override a config id, as on the monai.bundle command line (repeatable), "
-                             "e.g. --set 'trainer#amp_kwargs={\"dtype\": \"$torch.bfloat16\"}'")
+                             "e.g. --set 'train#trainer#amp_kwargs={\"dtype\": \"$torch.bfloat16\"}'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON document here")
 
