@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
+from monai.bundle import ConfigWorkflow
 from torch.utils.data import DataLoader
 
 from cggm_seg.adapters.iemocap import IEMOCAPFeatureDataset, load_iemocap
@@ -14,6 +17,7 @@ from cggm_seg.adapters.sequence_core import pad_collate
 from cggm_seg.cli import main as cli
 from cggm_seg.errors import UserError
 
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "iemocap_cggm" / "configs"
 LENGTHS = {"L": [3, 5, 2], "A": [7, 4, 6], "V": [2, 2, 1]}
 DIMS = {"L": 4, "A": 3, "V": 2}
 TYPES = {"L": "bert_large", "A": "comparE", "V": "denseface"}
@@ -36,12 +40,15 @@ def _mult(tmp_path, labels=None):
 
 
 def _folder(root, one_hot=True, names_dtype="S"):
-    """The authors' h5 layout, written by hand: utterance u<i> has LENGTHS[dir][i] steps."""
+    """The authors' h5 layout, written by hand: utterance u<i> has LENGTHS[dir][i] steps, value i + 1;
+    the comparE statistics (mean 0, std 1) leave the audio as it is."""
     for directory, kind in TYPES.items():
         (root / directory).mkdir(parents=True)
         with h5py.File(root / directory / f"{kind}.h5", "w") as h5:
             for i, length in enumerate(LENGTHS[directory]):
                 h5[f"u{i}"] = np.full((length, DIMS[directory]), float(i + 1), np.float32)
+    with h5py.File(root / "A" / "comparE_mean_std.h5", "w") as h5:
+        h5["1/mean"], h5["1/std"] = np.zeros(DIMS["A"]), np.ones(DIMS["A"])
     target = root / "target" / "1"
     target.mkdir(parents=True)
     classes = {"u0": 1, "u1": 3, "u2": 0}
@@ -123,6 +130,19 @@ def test_h5_folder_errors_name_the_file(tmp_path):
         load_iemocap(root, ["test"])
 
 
+def test_comparE_needs_its_statistics_as_in_the_authors_loader(tmp_path):
+    root = _folder(tmp_path / "iemocap")
+    (root / "target" / "3").symlink_to(root / "target" / "1")
+    with pytest.raises(UserError, match=r"comparE_mean_std.h5\['3'\]: expected a dict"):
+        load_iemocap(root, ["test"], cv=3)
+    (root / "A" / "comparE_mean_std.h5").unlink()
+    with pytest.raises(UserError, match="comparE_mean_std.h5: not found; comparE features are normalised "
+                                        "with fold 1's training statistics '1/mean'"):
+        load_iemocap(root, ["test"])
+    (root / "A" / "comparE.h5").rename(root / "A" / "openSMILE.h5")  # other types: statistics optional
+    assert len(load_iemocap(root, ["test"], feature_types={"audio": "openSMILE"})["test"]) == 2
+
+
 @pytest.mark.parametrize("fmt", ["mult", "h5"])
 def test_synth_iemocap_is_loadable(tmp_path, fmt):
     out = tmp_path / ("iemocap.pkl" if fmt == "mult" else "iemocap")
@@ -134,3 +154,59 @@ def test_synth_iemocap_is_loadable(tmp_path, fmt):
     assert (len(lengths) > 1) == (fmt == "h5")  # variable lengths only in the h5 layout
     if fmt == "h5":
         assert cli(["synth", "iemocap", "--out", str(out), "--format", fmt, "--n", "8"]) == 2
+
+
+def test_synth_h5_folder_opens_as_the_authors_loader_opens_it(tmp_path):
+    """Every file, key and decoding step of the authors' reader (zrguo/CGGM ``IEMOData`` with their options
+    ``cvNo``, ``A_type="comparE"``, ``V_type="denseface"``, ``L_type="bert_large"``, ``norm_method="trn"``),
+    written out here without their code, on a synthetic folder with the real feature sizes."""
+    root, cv = tmp_path / "iemocap", 2
+    argv = ["synth", "iemocap", "--out", str(root), "--format", "h5", "--n", "8", "--cv", str(cv),
+            "--dims", "1024,130,342"]
+    assert cli(argv) == 0
+    ours = load_iemocap(root, cv=cv)
+    with (h5py.File(root / "A" / "comparE.h5", "r") as audio,
+          h5py.File(root / "V" / "denseface.h5", "r") as vision,
+          h5py.File(root / "L" / "bert_large.h5", "r") as text,
+          h5py.File(root / "A" / "comparE_mean_std.h5", "r") as mean_std):
+        mean = torch.from_numpy(mean_std[str(cv)]["mean"][()]).unsqueeze(0).float()
+        std = torch.from_numpy(mean_std[str(cv)]["std"][()]).unsqueeze(0).float()
+        for split, set_name in (("train", "trn"), ("valid", "val"), ("test", "tst")):
+            one_hot = np.load(root / "target" / str(cv) / f"{set_name}_label.npy")
+            int2name = np.load(root / "target" / str(cv) / f"{set_name}_int2name.npy")
+            assert one_hot.shape == (len(int2name), 4) and (np.sort(one_hot, axis=1) == [0, 0, 0, 1]).all()
+            labels = np.argmax(one_hot, axis=1)
+            for index, label in enumerate(labels):
+                name = int2name[index][0].decode()
+                steps = [torch.from_numpy(text[name][()]).float(),
+                         (torch.from_numpy(audio[name][()]).float() - mean) / std,
+                         torch.from_numpy(vision[name][()]).float()]
+                assert [s.shape[1] for s in steps] == [1024, 130, 342]  # their get_dim()
+                assert len(steps[1]) <= 350 and all(torch.isfinite(s).all() for s in steps)  # their collate
+                sample = ours[split][index]
+                for modality, expected in zip(("text", "audio", "vision"), steps, strict=True):
+                    torch.testing.assert_close(sample[modality], expected)
+                assert sample["label"].item() == label
+        training = np.load(root / "target" / str(cv) / "trn_int2name.npy")
+        frames = np.concatenate([audio[name[0].decode()][()] for name in training])
+        torch.testing.assert_close(mean[0], torch.from_numpy(frames.mean(axis=0)))
+        torch.testing.assert_close(std[0], torch.from_numpy(frames.std(axis=0)))
+    assert cli([*argv[:-1], "1024,130"]) == 2  # three sizes or nothing
+
+
+@pytest.mark.slow
+def test_bundle_takes_the_real_feature_sizes_from_the_data(tmp_path):
+    root = tmp_path / "iemocap"
+    assert cli(["synth", "iemocap", "--out", str(root), "--format", "h5", "--n", "8",
+                "--dims", "1024,130,342"]) == 0
+    flow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train",
+                          logging_file=str(CONFIGS / "logging.conf"), data_path=str(root),
+                          output_dir=str(tmp_path / "run"), epochs=1, batch_size=8, d_model=8, num_heads=2,
+                          encoder_layers=1, fusion_layers=1, device="cpu", num_workers=0)
+    flow.initialize()
+    encoders = flow.parser.get_parsed_content("network_def").encoders
+    assert {name: e.projection.in_channels for name, e in encoders.items()} == \
+        {"text": 1024, "audio": 130, "vision": 342}
+    flow.run()
+    flow.finalize()
+    assert (tmp_path / "run" / "checkpoint_final.pt").is_file()

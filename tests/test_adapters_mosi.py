@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from cggm_seg.adapters.mosi import load_mosi
 from cggm_seg.adapters.sequence_core import pad_collate, prepare_sequence_batch
@@ -122,3 +123,37 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
     assert cli(["synth", "mosi", "--out", str(out), "--n", "6", "--seed", "1", "--force"]) == 0
     assert out.read_bytes() != before
     assert cli(["synth", "mosi", "--out", str(tmp_path / "x.pkl"), "--n", "2"]) == 2
+
+
+def test_synth_mult_pickle_reads_as_the_authors_cmudata_reads_it(tmp_path):
+    """The authors' reader (zrguo/CGGM ``CMUData``), written out without their code: ``pickle.load``, each
+    array ``.astype(float32)``, audio ``-inf`` set to 0, labels ``(N, 1, 1)``, sizes from the test split."""
+    path = tmp_path / "mosi_data_noalign.pkl"
+    assert cli(["synth", "mosi", "--out", str(path), "--n", "9"]) == 0
+    with open(path, "rb") as file:
+        dataset = pickle.load(file)  # the file this test has just written
+    ours = load_mosi(path)
+    sizes, infinite = {}, 0
+    for split in ("train", "valid", "test"):
+        raw = dataset[split]
+        assert all(isinstance(raw[k], np.ndarray) and raw[k].dtype == np.float32
+                   for k in ("text", "audio", "vision", "labels"))
+        infinite += int((raw["audio"] == -np.inf).sum())
+        audio = raw["audio"].astype(np.float32)
+        audio[audio == -np.inf] = 0
+        arrays = {"text": torch.tensor(raw["text"].astype(np.float32)), "audio": torch.tensor(audio),
+                  "vision": torch.tensor(raw["vision"].astype(np.float32)),
+                  "labels": torch.tensor(raw["labels"].astype(np.float32))}
+        count = len(arrays["labels"])
+        assert arrays["labels"].shape == (count, 1, 1)  # get_lbl_info() == (1, 1)
+        assert all(a.ndim == 3 and len(a) == count and torch.isfinite(a).all() for a in arrays.values())
+        sizes[split] = [(arrays[k].shape[1], arrays[k].shape[2]) for k in ("text", "audio", "vision")]
+        batch = default_collate([{k: a[i] for k, a in arrays.items()} for i in range(2)])  # their DataLoader
+        assert batch["labels"].shape == (2, 1, 1) and batch["audio"].shape == (2, *sizes[split][1])
+        for i in range(count):
+            sample = ours[split][i]
+            for name in ("text", "audio", "vision"):
+                torch.testing.assert_close(sample[name], arrays[name][i])
+            torch.testing.assert_close(sample["label"], arrays["labels"][i, 0])
+    assert infinite > 0  # MulT's -inf audio values are there, and zeroed by both readers
+    assert sizes["train"] == sizes["valid"] == sizes["test"]  # their model is sized from the test split

@@ -52,8 +52,11 @@ TASK_IDS = {
                    "fusion_layers", "modalities", "num_outputs", "datasets", "loss#_target_",
                    "optimizer#_target_", "head_optimizer#_target_", "validate#key_metric",
                    "validate#evaluator#additional_metrics#val#compute_fn", "modulation_handler#metric",
-                   "modulation_handler#soft_metric"),
-    "evaluate.json": ("dataset", "key_metric", "evaluator#additional_metrics#scores#compute_fn"),
+                   "modulation_handler#soft_metric", "imports", "encoders", "vit_dir", "bert_dir",
+                   "max_text_len", "backbone_learning_rate", "collate_fn", "train_loader#collate_fn",
+                   "val_loader#collate_fn", "network_def", "optimizer#params"),
+    "evaluate.json": ("dataset", "key_metric", "evaluator#additional_metrics#scores#compute_fn",
+                      "network_def#input_dims", "eval_loader#collate_fn"),
 }
 #: modulation_handler entries that name the network's parts or the task's metric
 NETWORK_AND_METRIC = ("encoders", "fusion_layer", "metric", "soft_metric")

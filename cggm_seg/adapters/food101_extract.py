@@ -22,31 +22,19 @@ from tqdm import tqdm
 from cggm_seg.adapters.food101 import feature_paths, list_path, read_records
 from cggm_seg.errors import UserError
 from cggm_seg.io import atomic_path, check_new_outputs
+from cggm_seg.networks.pretrained import from_local
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-def _from_local(loader: Any, folder: Path, option: str) -> Any:
-    if not folder.is_dir():
-        raise UserError(f"{option} {folder}: not a folder (expected a model saved with save_pretrained)")
-    try:
-        return loader.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"{option} {folder}: cannot load it from the local folder ({err})") from err
 
 
 class FrozenEncoders:
     """The ViT (with its image processor) and BERT (with its tokenizer), frozen, on ``device``."""
 
     def __init__(self, vit: Path, bert: Path, device: str, max_text_len: int) -> None:
-        try:
-            import transformers
-        except ImportError as err:
-            raise UserError("`food101 extract` needs transformers: pip install 'cggm-seg[food101]'") from err
-        self.processor = _from_local(transformers.AutoImageProcessor, vit, "--vit")
-        self.vit = _from_local(transformers.AutoModel, vit, "--vit").to(device).eval()
-        self.tokenizer = _from_local(transformers.AutoTokenizer, bert, "--bert")
-        self.bert = _from_local(transformers.AutoModel, bert, "--bert").to(device).eval()
+        self.processor = from_local("AutoImageProcessor", vit, "--vit")
+        self.vit = from_local("AutoModel", vit, "--vit").to(device).eval()
+        self.tokenizer = from_local("AutoTokenizer", bert, "--bert")
+        self.bert = from_local("AutoModel", bert, "--bert").to(device).eval()
         self.device = device
         self.max_text_len = max_text_len
 
@@ -62,7 +50,8 @@ class FrozenEncoders:
         return image_tokens.cpu(), text_tokens.cpu(), mask.sum(dim=1).cpu()
 
 
-def _open_image(data_dir: Path, record: dict[str, Any]) -> Any:
+def open_image(data_dir: Path, record: dict[str, Any]) -> Any:
+    """The record's image as RGB, or a one-line error naming the record and the file."""
     from PIL import Image, UnidentifiedImageError
 
     path = data_dir / record["img_path"]
@@ -85,7 +74,7 @@ def extract_split(data_dir: Path, split: str, encoders: FrozenEncoders, out_dir:
         arrays: dict[str, np.ndarray] = {}
         for start in tqdm(range(0, len(records), batch_size), desc=f"food101 {split}", disable=None):
             batch = records[start:start + batch_size]
-            outputs = encoders([_open_image(data_dir, r) for r in batch],
+            outputs = encoders([open_image(data_dir, r) for r in batch],
                                [" ".join(r["text_tokens"]) for r in batch])
             for kind, values in zip(("image", "text", "text_lengths"), outputs, strict=True):
                 if kind not in arrays:  # sizes are known once the models have run

@@ -7,15 +7,19 @@
 - The feature folder the CGGM authors use (MMIN's layout)::
 
       ROOT/L/<text_type>.h5   ROOT/A/<audio_type>.h5   ROOT/V/<vision_type>.h5
+      ROOT/A/comparE_mean_std.h5                    <cv>/mean, <cv>/std: [D] training statistics
       ROOT/target/<cv>/{trn,val,tst}_label.npy      [N, 4] one-hot (or [N] class indices)
       ROOT/target/<cv>/{trn,val,tst}_int2name.npy   [N] or [N, 1] utterance names (bytes or str)
 
   Assumption (as the authors' loader reads them): each h5 file holds one dataset per
   utterance at its top level, named by the utterance, of shape ``[T, D]`` with ``T``
   varying; sample ``i`` of a split is utterance ``int2name[i]``. Feature types default to
-  the authors' (``bert_large``, ``comparE``, ``denseface``). When ``<dir>/<type>_mean_std.h5``
-  exists (the authors ship one for comparE) that modality is normalised with its
-  ``<cv>/mean`` and ``<cv>/std``. Files are opened lazily in each DataLoader worker.
+  the authors' (``bert_large``, ``comparE``, ``denseface``); feature sizes come from the
+  files (the real ones are 1024, 130 and 342). ComParE features are raw openSMILE values,
+  so, as the authors' loader does, ``comparE`` audio is always normalised with the fold's
+  ``<cv>/mean`` and ``<cv>/std`` from ``A/comparE_mean_std.h5`` and a folder without that
+  file is refused; any other modality is normalised the same way when its
+  ``<dir>/<type>_mean_std.h5`` exists. Files are opened lazily in each DataLoader worker.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ NUM_CLASSES = 4
 FEATURE_DIRS = {"text": "L", "audio": "A", "vision": "V"}
 DEFAULT_FEATURE_TYPES = {"text": "bert_large", "audio": "comparE", "vision": "denseface"}
 H5_SPLIT_NAMES = {"train": "trn", "valid": "val", "test": "tst"}
+#: feature types the authors' loader always normalises with their statistics file (raw openSMILE values)
+NORMALISED_TYPES = ("comparE",)
+
+
+def stats_path(feature_path: Path) -> Path:
+    """The per-fold normalisation statistics beside a feature file: ``<dir>/<type>_mean_std.h5``."""
+    return feature_path.with_name(f"{feature_path.stem}_mean_std.h5")
 
 
 def _one_hot_classes(one_hot: np.ndarray, where: str) -> np.ndarray:
@@ -119,7 +130,8 @@ class IEMOCAPFeatureDataset(Dataset):
                             str(target))
         self.paths = {name: root / FEATURE_DIRS[name] / f"{types[name]}.h5" for name in MODALITIES}
         self.dims = {name: self._check_file(path) for name, path in self.paths.items()}
-        self.stats = {name: self._stats(path.with_name(f"{path.stem}_mean_std.h5"), str(cv), self.dims[name])
+        self.stats = {name: self._stats(stats_path(path), str(cv), self.dims[name],
+                                        required=types[name] in NORMALISED_TYPES)
                       for name, path in self.paths.items()}
         self._files: dict[str, h5py.File] | None = None
 
@@ -140,8 +152,12 @@ class IEMOCAPFeatureDataset(Dataset):
         return dims.pop()
 
     @staticmethod
-    def _stats(path: Path, cv: str, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def _stats(path: Path, cv: str, dim: int, required: bool) -> tuple[np.ndarray, np.ndarray] | None:
         if not path.is_file():
+            if required:
+                raise UserError(f"{path}: not found; {path.stem.removesuffix('_mean_std')} features are "
+                                f"normalised with fold {cv}'s training statistics '{cv}/mean' and "
+                                f"'{cv}/std' from this file, which MMIN ships with the features")
             return None
         with _open_h5(path) as h5:
             require_keys(h5.get(cv), ["mean", "std"], f"{path}['{cv}']")
