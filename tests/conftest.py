@@ -1,7 +1,25 @@
 """Test-session settings shared by every test module."""
 
+import logging
+
+import pytest
 import torch
 
 # The tests use tiny tensors: one thread avoids OpenMP start-up and spin-wait costs, which on a
 # shared 2-core machine made small steps over 30x slower than single-threaded ones.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Each test leaves the root logger's handlers as it found them.
+
+    A bundle run configures logging from the bundle's ``logging.conf``: a handler on the
+    ``sys.stderr`` of that moment, which under ``capsys`` is closed once the test ends; a later
+    test's warning then prints "--- Logging error ---" into its own captured output.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
