@@ -1,5 +1,5 @@
-"""Where the bundles are, and the small functions their configs call: datalist folds, resume
-checkpoints, output names, command-line overrides.
+"""Where the bundles are, and the small functions their configs call: datalist folds, the checkpoint
+to evaluate, output names, command-line overrides (resuming is in :mod:`cggm_seg.checkpoint`).
 
 Kept out of the JSON so each piece has a docstring, a test and a clear error message.
 """
@@ -23,8 +23,9 @@ from cggm_seg.errors import UserError
 
 logger = logging.getLogger(__name__)
 
+#: what the bundles' CheckpointSavers write: a training state every epoch (the resumable checkpoints),
+#: the best validation model and the last training state
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
-#: what the bundles' CheckpointSavers write: the best validation model and the last training state
 BEST_MODEL, FINAL_CHECKPOINT = "model.pt", "checkpoint_final.pt"
 
 
@@ -127,13 +128,6 @@ def datalist_convention(datalist: str | Path) -> str:
     return str(read_datalist(datalist).get("label_convention", "brats2021"))
 
 
-def latest_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint_epoch=N.pt`` in ``output_dir``; ``None`` starts from scratch."""
-    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("*.pt")
-             if (m := CHECKPOINT_PATTERN.search(p.name))]
-    return str(max(found)[1]) if found else None
-
-
 def case_name_formatter(metadict: dict, saver: Any) -> dict[str, str]:
     """``SaveImage`` name formatter: ``<case_id>.nii.gz``, the name ``cggm-seg evaluate`` reads."""
     source = metadict.get("filename_or_obj", "") if metadict else ""
@@ -150,13 +144,6 @@ def region_output(index: int) -> Callable[[Any], tuple[list, list]]:
         return ([i["pred"][index:index + 1] for i in items], [i["label"][index:index + 1] for i in items])
 
     return transform
-
-
-def existing_file(path: str | Path, setting: str) -> str:
-    """``path`` if it is a file, else a one-line error naming the config id ``setting``."""
-    if not Path(path).is_file():
-        raise UserError(f"{setting}: {path} does not exist (train first, or pass --{setting} PATH)")
-    return str(path)
 
 
 def trained_checkpoint(ckpt_dir: str | Path, setting: str = "checkpoint") -> str:

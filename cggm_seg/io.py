@@ -8,8 +8,9 @@ Python containers and nothing else. Object arrays of ``str``/``bytes`` (MMSA's `
 ``raw_text``, MMIN's ``int2name``) are allowed: their elements are pickled natively and
 need no global besides the numpy ones.
 
-Outputs are written to a temporary file beside the target and renamed into place, so an
-interrupted run never leaves a half-written file under the final name.
+Outputs are written to a temporary file beside the target, flushed to disk and renamed into
+place, so an interrupted run (a kill, a power cut) never leaves a half-written file under the
+final name. They get the mode the umask gives any new file, as ``open`` would.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import math
 import os
 import pickle
-import tempfile
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -152,21 +153,40 @@ def check_new_outputs(paths: Iterable[str | os.PathLike], overwrite: bool = Fals
     return True
 
 
+def _new_file_beside(target: Path) -> Path:
+    """A new empty hidden file beside ``target`` with its suffix, so libraries that look at it (``np.save``)
+    behave; created with the umask's mode, as ``open`` would (``tempfile.mkstemp`` gives 0600)."""
+    while True:
+        path = target.with_name(f".{target.stem}.{secrets.token_hex(4)}{target.suffix}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk: a rename is as durable as what it names."""
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
-
-    The temporary name keeps the suffix so libraries that look at it (``np.save``) behave.
-    """
+    """Yield a temporary path beside ``path``; on success it is flushed to disk and renamed onto ``path``."""
     target = Path(path)
     check_new_outputs([target], overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
-    os.close(handle)
-    temporary = Path(name)
+    temporary = _new_file_beside(target)
     try:
         yield temporary
+        _sync(temporary)
         os.replace(temporary, target)
+        _sync(target.parent)
     finally:
         temporary.unlink(missing_ok=True)
 

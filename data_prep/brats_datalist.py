@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from cggm_seg.brats_labels import SEQUENCES
 from cggm_seg.errors import UserError
+from cggm_seg.preflight import check_writable
 from data_prep.brats_validation import CaseFiles, check_case
 
 logger = logging.getLogger(__name__)
@@ -250,13 +251,15 @@ def write_datalist(root: Path, out: Path, folds: int, seed: int = 0, skip_invali
                    force: bool = False, absolute: bool = False) -> tuple[dict, list[str]]:
     """Build the datalist of ``root`` and write it to ``out`` as JSON; an existing ``out`` needs ``force``.
 
-    Paths are relative to ``out``'s folder, as MONAI reads them (absolute with ``absolute``).
+    Paths are relative to ``out``'s folder, as MONAI reads them (absolute with ``absolute``). Where
+    ``out`` goes is checked first: validating every case of a large root takes a while.
     """
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; expected a JSON file name")
     if out.exists() and not force:
         raise UserError(f"--out {out} already exists; pass --force to overwrite it")
+    check_writable(out.parent, "--out")
     datalist, problems = build_datalist(root, folds, seed, skip_invalid, out.parent, absolute)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:

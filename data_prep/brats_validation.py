@@ -3,7 +3,8 @@
 Training fails late and obscurely on a truncated volume, a label map with a stray value or a
 sequence registered to another grid, so every case is checked up front: each file opens as
 NIfTI and holds all its data, every file of the case has the same shape and affine, the image
-has the dimensions its layout implies, and the label map holds integers of the layout's label
+has the dimensions its layout implies and only finite values (one NaN makes the normalised volume,
+the loss and then every weight NaN), and the label map holds integers of the layout's label
 convention. Each problem is returned as one line ``<case id>: <file name>: <what is wrong>``.
 """
 
@@ -85,6 +86,19 @@ def _dimension_problem(shape: tuple[int, ...], four_d: bool) -> str | None:
     return None
 
 
+def _non_finite_problem(image: nib.Nifti1Image) -> str | None:
+    try:
+        data = np.asanyarray(image.dataobj)
+    except _READ_ERRORS as err:
+        return f"image data unreadable ({err})"
+    if data.dtype.kind not in "fc":
+        return None
+    nan, infinite = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+    if nan or infinite:
+        return f"{nan} NaN and {infinite} infinite voxel(s); training on them would make every weight NaN"
+    return None
+
+
 def _label_problem(image: nib.Nifti1Image, layout: str) -> str | None:
     allowed = get_convention(layout).labels
     try:
@@ -119,10 +133,10 @@ def check_case(case: CaseFiles, layout: str) -> list[str]:
             report(path, wrong)
         else:
             usable[path] = image
-    if case.label is not None and case.label in usable:
-        wrong = _label_problem(usable[case.label], layout)
+    for path, image in usable.items():
+        wrong = _label_problem(image, layout) if path == case.label else _non_finite_problem(image)
         if wrong:
-            report(case.label, wrong)
+            report(path, wrong)
     if len(usable) < 2:
         return problems
     ref_path, ref = next(iter(usable.items()))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +13,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, verify_net_in_out
 
-from cggm_seg.bundle import latest_checkpoint
+from cggm_seg.checkpoint import epoch_checkpoints
 from cggm_seg.errors import UserError
 from data_prep.brats_datalist import write_datalist
 from data_prep.synth_brats import write_brats_dataset
@@ -71,7 +74,7 @@ def test_train_resume_evaluate_and_infer(dataset, tmp_path):
     first.run()
     first.finalize()
     assert (out / "model.pt").is_file()
-    assert latest_checkpoint(out).endswith("checkpoint_epoch=1.pt")
+    assert epoch_checkpoints(out) == [(1, out / "checkpoint_epoch=1.pt")]
     saved_utilisation = first.parser.get_parsed_content("modulation_handler").previous_utilisation
 
     # a second run with more epochs resumes at the saved iteration, CGGM state included
@@ -179,3 +182,116 @@ def test_torchrun_two_process_cpu_training(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "checkpoint_final.pt").is_file()
     assert len(list(out.glob("events.out.tfevents.*"))) == 2  # rank 0 only: trainer + validator
+
+
+# ------------------------------------------------------------------------------------ reliability
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> Path:
+    """One epoch on fold 0, validated: a finished run to resume, refuse or start over."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    workflow(["train.json"], dataset, out, epochs=1).run()
+    return out
+
+
+def _copy(trained: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def _files(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_resume_false_as_the_command_line_spells_it_starts_over(trained, dataset, tmp_path):
+    out = _copy(trained, tmp_path)
+    again = workflow(["train.json"], dataset, out, epochs=1, resume="false")  # as fire passes --resume false
+    started = []
+    again.trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: started.append(e.state.iteration))
+    again.run()
+    assert started[:1] == [1]
+
+
+def test_amp_and_overwrite_false_as_the_command_line_spells_them(dataset, tmp_path):
+    flow = workflow(["train.json"], dataset, tmp_path / "run", amp="false")
+    assert flow.trainer.amp is False and flow.trainer.scaler is None and flow.evaluator.amp is False
+    (tmp_path / "run" / "model.pt").write_bytes(b"")
+    flow = workflow(["train.json", "evaluate.json"], dataset, tmp_path / "run", overwrite="false", fold=0)
+    scores = flow.parser.get_parsed_content("eval_handlers")[2]
+    assert scores.overwrite is False
+
+
+@pytest.mark.slow
+def test_resuming_a_run_of_another_fold_is_refused_unless_allowed(trained, dataset, tmp_path):
+    out = _copy(trained, tmp_path)
+    before = _files(out)
+    with pytest.raises(RuntimeError) as info:
+        workflow(["train.json"], dataset, out, fold=1)
+    message = str(user_error(info.value))
+    assert message.startswith(f"resume: {out / 'checkpoint_epoch=1.pt'} was trained on fold 0 of "
+                              f"{dataset / 'datalist.json'} (2 training cases), this run is fold 1 of")
+    assert message.endswith("or --allow_other_fold true to continue it anyway")
+    assert _files(out) == before  # refused before anything was written
+    workflow(["train.json"], dataset, out, fold=1, allow_other_fold="true")
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_best_score_and_its_model(trained, dataset, tmp_path):
+    out = _copy(trained, tmp_path)
+    checkpoint = torch.load(out / "checkpoint_epoch=1.pt", weights_only=True)
+    checkpoint["run"]["best_metric"] = 2.0  # better than any Dice: no later validation may replace model.pt
+    saved = checkpoint["run"]["best_model"]["_saved"]
+    checkpoint["run"]["best_model"]["_saved"] = [(2.0, name) for _, name in saved]
+    torch.save(checkpoint, out / "checkpoint_epoch=1.pt")
+    best = (out / "model.pt").read_bytes()
+    resumed = workflow(["train.json"], dataset, out, epochs=2)
+    resumed.run()
+    assert resumed.evaluator.state.best_metric == 2.0 and resumed.evaluator.state.best_metric_epoch == 1
+    assert (out / "model.pt").read_bytes() == best
+
+
+def _nan_case(dataset: Path, tmp_path: Path) -> Path:
+    root = Path(shutil.copytree(dataset, tmp_path / "nan"))
+    entries = json.loads((root / "datalist.json").read_text())["training"]
+    case = next(e["case_id"] for e in entries if e["fold"])  # a training case of fold 0
+    flair = root / case / f"{case}_flair.nii.gz"
+    image = nib.load(flair)
+    data = np.asarray(image.dataobj, dtype=np.float32).copy()
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, image.affine), flair)
+    return root
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"resume": "maybe"}, "resume: 'maybe' is not a boolean"),
+    ({"amp": "sometimes"}, "amp: 'sometimes' is not a boolean"),
+    ({"batch_size": 99}, "batch_size: 99 is more than the 2 training case(s)"),
+    ({"fold": 7}, "fold: 7 is not in the datalist"),
+    ({"output_dir": "{tmp}/file/run"}, "output_dir: cannot create"),
+    ({"dataset_dir": "{missing}"}, "datalist: case "),
+])
+def test_settings_that_fail_validation_write_nothing(dataset, tmp_path, overrides, expected):
+    (tmp_path / "file").write_text("")
+    missing = Path(shutil.copytree(dataset, tmp_path / "missing"))
+    next(missing.glob("*/*_t2.nii.gz")).unlink()
+    overrides = {k: v.format(tmp=tmp_path, missing=missing) if isinstance(v, str) else v
+                 for k, v in overrides.items()}
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError) as info:
+        workflow(["train.json"], overrides.pop("dataset_dir", dataset), overrides.pop("output_dir", out),
+                 **overrides)
+    assert str(user_error(info.value)).startswith(expected)
+    assert not out.exists()  # no TensorBoard event file, no checkpoint folder
+
+
+@pytest.mark.slow
+def test_training_stops_on_a_non_finite_loss_and_saves_no_nan(dataset, tmp_path):
+    out = tmp_path / "run"
+    flow = workflow(["train.json"], _nan_case(dataset, tmp_path), out, epochs=2, batch_size=1)
+    with pytest.raises(RuntimeError) as info:
+        flow.run()
+    message = str(user_error(info.value))
+    assert re.match(r"training: the loss is nan at epoch 1, iteration \d+; stopped before", message), message
+    for saved in out.glob("*.pt"):
+        checkpoint = torch.load(saved, weights_only=True)
+        network = checkpoint.get("network", checkpoint)
+        assert all(torch.isfinite(value).all() for value in network.values()), saved

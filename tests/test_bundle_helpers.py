@@ -13,9 +13,7 @@ from cggm_seg.brats_labels import case_id_from_filename
 from cggm_seg.bundle import (
     case_name_formatter,
     datalist_convention,
-    existing_file,
     fold_split,
-    latest_checkpoint,
     region_output,
     select_entries,
     trained_checkpoint,
@@ -59,8 +57,6 @@ def test_datalist_errors_name_the_setting(datalist, tmp_path):
     broken.write_text("{not json")
     with pytest.raises(UserError, match="datalist: .*broken.json is not valid JSON"):
         datalist_convention(broken)
-    with pytest.raises(UserError, match="checkpoint: .*model.pt does not exist"):
-        existing_file(tmp_path / "model.pt", "checkpoint")
 
 
 def test_datalist_paths_start_at_its_own_folder_and_old_ones_at_dataset_dir(datalist, tmp_path, caplog):
@@ -93,11 +89,15 @@ def test_trained_checkpoint_is_the_best_model_else_the_final_one(tmp_path):
     assert trained_checkpoint(tmp_path) == str(tmp_path / "model.pt")
 
 
-def test_latest_checkpoint_picks_the_highest_epoch(tmp_path):
-    assert latest_checkpoint(tmp_path) is None
-    for name in ("checkpoint_epoch=2.pt", "checkpoint_epoch=10.pt", "model.pt", "checkpoint_final.pt"):
+def test_epoch_checkpoints_are_ordered_by_epoch(tmp_path):
+    from cggm_seg.checkpoint import epoch_checkpoints
+
+    assert epoch_checkpoints(tmp_path) == []
+    for name in ("checkpoint_epoch=2.pt", "checkpoint_epoch=10.pt", "model.pt", "checkpoint_final.pt",
+                 ".checkpoint_epoch=11.a1b2c3d4.pt", "old_checkpoint_epoch=12.pt"):
         (tmp_path / name).write_bytes(b"")
-    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=10.pt")
+    assert epoch_checkpoints(tmp_path) == [(2, tmp_path / "checkpoint_epoch=2.pt"),
+                                           (10, tmp_path / "checkpoint_epoch=10.pt")]
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,35 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "is not empty" in capsys.readouterr().err
 
 
+def test_force_refuses_a_folder_the_demo_did_not_write(tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    (tmp_path / "run").mkdir()
+    argv = ["demo", "--out", str(tmp_path), "--size", "32", "--epochs", "1", "--force"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cggm-seg demo: error: --force: {tmp_path} was not written by `cggm-seg demo` (no "
+        ".cggm-seg-demo.json in it), so nothing in it is removed; choose another --out or empty it yourself")
+    (tmp_path / ".cggm-seg-demo.json").write_text(json.dumps({"written_by": "cggm-seg demo"}))
+    assert main(argv) == 2  # a demo's folder, but the user put something of theirs beside its outputs
+    assert "also holds thesis.tex, which `cggm-seg demo` did not write" in capsys.readouterr().err
+    assert (tmp_path / "thesis.tex").read_text() == "years of work" and (tmp_path / "run").is_dir()
+
+
+def test_force_clears_an_earlier_demo_output_and_nothing_it_links_to(tmp_path):
+    from cggm_seg.commands.demo import MARKER, claim_output
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "keep").mkdir(parents=True)
+    out = tmp_path / "demo"
+    claim_output(out, force=False)
+    (out / "run").mkdir()
+    (out / "run" / "model.pt").write_bytes(b"")
+    (out / "summary.json").write_text("{}")
+    (out / "data").symlink_to(elsewhere)
+    claim_output(out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER] and (elsewhere / "keep").is_dir()
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
     out = tmp_path / "demo"

@@ -150,6 +150,18 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_json(tmp_path / "shared.json", {})
+        os.umask(0o077)
+        write_json(tmp_path / "private.json", {})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+
+
 def test_check_new_outputs(tmp_path):
     (tmp_path / "a").write_text("")
     assert check_new_outputs([tmp_path / "b"])

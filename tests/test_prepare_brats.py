@@ -167,6 +167,13 @@ def _fractional_label(root: Path) -> None:
     _rewrite(path, np.asarray(nib.load(path).dataobj).astype(np.float32) / 2)
 
 
+def _non_finite(root: Path) -> None:
+    path = _file(root, "t1ce")
+    data = nib.load(path).get_fdata(dtype=np.float32)
+    data[0, 0, :3] = [np.nan, np.nan, np.inf]
+    _rewrite(path, data)
+
+
 @pytest.mark.parametrize("damage, file_name, expected", [
     (_missing_t1ce, f"{CASE}_t1ce.nii.gz", "missing t1ce file"),
     (_missing_label, f"{CASE}_seg.nii.gz", "missing label file"),
@@ -178,6 +185,8 @@ def _fractional_label(root: Path) -> None:
     (_garbage, f"{CASE}_t1.nii.gz", "not a readable NIfTI file"),
     (_label_value_3, f"{CASE}_seg.nii.gz", "label values [3] outside the brats2021 set"),
     (_fractional_label, f"{CASE}_seg.nii.gz", "non-integer label values (e.g. 0.5)"),
+    (_non_finite, f"{CASE}_t1ce.nii.gz", "2 NaN and 1 infinite voxel(s); training on them would make every "
+                                         "weight NaN"),
 ])
 def test_each_bad_input_is_named_and_nothing_is_written(dataset: Callable, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture, damage: Callable,
@@ -259,6 +268,33 @@ def test_skip_invalid_writes_the_good_cases_and_lists_the_rest(dataset: Callable
     assert [e["case_id"] for e in json.loads(out.read_text())["training"]] == ["BraTS2021_00000",
                                                                                "BraTS2021_00002"]
     assert f"skipped {CASE}: {CASE}_seg.nii.gz: missing label file" in caplog.text
+
+
+def test_skip_invalid_leaves_out_a_case_with_non_finite_voxels(dataset: Callable, tmp_path: Path) -> None:
+    root = dataset()
+    _non_finite(root)
+    datalist, problems = write_datalist(root, tmp_path / "list.json", folds=2, skip_invalid=True)
+    assert [e["case_id"] for e in datalist["training"]] == ["BraTS2021_00000", "BraTS2021_00002"]
+    assert problems == [f"{CASE}: {CASE}_t1ce.nii.gz: 2 NaN and 1 infinite voxel(s); training on them would "
+                        "make every weight NaN"]
+
+
+def test_one_fold_is_refused_before_any_case_is_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "list.json"
+    assert cli_main(["prepare", "brats", "--root", str(tmp_path / "absent"), "--out", str(out),
+                     "--folds", "1"]) == 2
+    assert capsys.readouterr().err.strip() == ("cggm-seg prepare: error: --folds must be at least 2, got 1: "
+                                               "training validates on one fold and trains on the others")
+
+
+def test_an_unwritable_out_is_refused_before_any_case_is_read(dataset: Callable, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("")
+    read = []
+    monkeypatch.setattr("data_prep.brats_datalist.check_case", lambda *a: read.append(a) or [])
+    with pytest.raises(UserError, match=rf"^--out: cannot create {tmp_path}/file: {tmp_path}/file is a file"):
+        write_datalist(dataset(), tmp_path / "file" / "list.json", folds=2)
+    assert read == []
 
 
 def test_no_valid_case_is_an_error_even_when_skipping(dataset: Callable, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ Everything goes through the same commands and bundle a user runs on real data: t
 phantoms are written as BraTS 2021 NIfTI folders, ``prepare`` writes their datalists, and
 the BraTS bundle's ``train.json`` and ``evaluate.json`` do the work with CPU-sized
 overrides. The test cases come from a different seed and are never seen in training or
-model selection.
+model selection. The output folder carries a marker naming what the demo writes there, and
+``--force`` removes only that.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 BUNDLE = bundle_dir("brats_cggm") / "configs"
 TEST_SEED_OFFSET = 10_000
 DEMO_ROI = 48  # training crop edge: what a 2-core CPU trains at a few steps a second
+#: the demo's marker in its output folder, and everything the demo writes beside it
+MARKER, WRITTEN_BY = ".cggm-seg-demo.json", "cggm-seg demo"
+DEMO_ENTRIES = ("data", "run", "eval", "summary.json")
 
 
 def demo_overrides(size: int, epochs: int, seed: int, modulation: str) -> dict[str, Any]:
@@ -77,10 +81,7 @@ def run_demo(
     force: bool = False,
 ) -> dict[str, float]:
     """Run the whole demo in ``out`` with bundle ``overrides``; returns what ``out/summary.json`` holds."""
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UserError(f"--out: {out} is not empty; choose another folder or pass --force to replace it")
-        shutil.rmtree(out)
+    claim_output(out, force)
     start = time.perf_counter()
     train_dir, test_dir, run_dir = out / "data" / "train", out / "data" / "test", out / "run"
     logger.info("writing %d training and %d test phantoms of %d^3 voxels", train_cases, test_cases, size)
@@ -117,6 +118,44 @@ def run_demo(
     return summary
 
 
+def _is_demo_output(out: Path) -> bool:
+    try:
+        return json.loads((out / MARKER).read_text()).get("written_by") == WRITTEN_BY
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _remove(path: Path) -> None:
+    """``path`` gone; a link is removed, never what it points to."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def claim_output(out: Path, force: bool) -> None:
+    """Make ``out`` the demo's: missing, empty, or with ``force`` an earlier demo's output, which is cleared.
+
+    ``--force`` removes only what a demo wrote: the folder must carry the demo's marker and hold nothing
+    else, so a mistyped ``--out`` (``.``, a home folder) is refused instead of emptied.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} is a file; expected a folder")
+    found = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    if found and not force:
+        raise UserError(f"--out: {out} is not empty; choose another folder or pass --force to replace it")
+    if found and not _is_demo_output(out):
+        raise UserError(f"--force: {out} was not written by `cggm-seg demo` (no {MARKER} in it), so nothing "
+                        "in it is removed; choose another --out or empty it yourself")
+    foreign = [name for name in found if name not in (MARKER, *DEMO_ENTRIES)]
+    if foreign:
+        raise UserError(f"--force: {out} also holds {', '.join(foreign)}, which `cggm-seg demo` did not "
+                        "write, so nothing in it is removed; move them or choose another --out")
+    for name in DEMO_ENTRIES:
+        _remove(out / name)
+    write_json(out / MARKER, {"written_by": WRITTEN_BY, "entries": list(DEMO_ENTRIES)}, overwrite=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("demo_output"), help="output folder (default: %(default)s)"
@@ -146,7 +185,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=bundle_override,
         help="any other bundle override, e.g. --set rho=1.2 --set 'coeff_clip=[0, 2]' (repeatable)",
     )
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the output of an earlier demo in --out (nothing else is removed)")
 
 
 def main(args: argparse.Namespace) -> int:

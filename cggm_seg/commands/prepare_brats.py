@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cggm_seg.errors import UserError
 from data_prep.brats_datalist import write_datalist
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, required=True,
                         help="BraTS folder (2021, 2023 GLI or MSD Task01)")
     parser.add_argument("--out", type=Path, required=True, help="datalist JSON to write")
-    parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
+    parser.add_argument("--folds", type=int, default=5,
+                        help="number of cross-validation folds, at least 2 (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle (default 0)")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="leave out cases with problems (listed as warnings) instead of failing")
@@ -28,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.folds < 2:
+        raise UserError(f"--folds must be at least 2, got {args.folds}: training validates on one fold and "
+                        "trains on the others")
     datalist, problems = write_datalist(args.root, args.out, args.folds, args.seed, args.skip_invalid,
                                         args.force)
     for problem in problems:
