@@ -11,6 +11,7 @@ from cggm_seg.benchmark.balance import ordered_methods, preload_modules
 from cggm_seg.benchmark.document import (
     ablation_table,
     aggregate,
+    answer,
     choose_default,
     headroom,
     score_table,
@@ -101,6 +102,19 @@ def test_tables_show_intervals_and_verdicts(task, results):
     assert ablation[3] == "| direction | — | — |"
 
 
+def test_answer_follows_the_rules(task, results):
+    methods = ["joint", "unimodal_weak", "oracle", "cggm_magnitude", "cggm_magnitude_robust", "cggm_both"]
+    table = aggregate(results, task, methods)
+    passed = {"table": table, "headroom": headroom(task, table), "default": "cggm_magnitude"}
+    text = "\n".join(answer([task], {task.name: passed}))
+    assert "above joint training on the test split of shortcut" in text
+    assert "- magnitude, paper estimators (`cggm_magnitude`): shortcut above (+0.020)" in text
+    assert "- both, paper estimators (`cggm_both`): shortcut below (-0.570)" in text
+    failed = {**passed, "headroom": {**passed["headroom"], "passed": False}}
+    text = "\n".join(answer([task], {task.name: failed}))
+    assert "**No CGGM setting is shown to improve on joint training here.** 0 of 1 tasks passed" in text
+
+
 def test_oracle_runs_after_the_run_it_starts_from(task):
     assert ordered_methods(task, ["joint", "oracle", "unimodal_weak"]) == ["joint", "unimodal_weak", "oracle"]
 
@@ -152,3 +166,8 @@ def test_quick_benchmark_writes_the_report(tmp_path):
     assert {"val", "test"} <= set(results["runs"][0]["scores"])
     # every run left a bundle output folder with TensorBoard curves for `cggm-seg report`
     assert list((tmp_path / "work" / "brats" / "runs" / "cggm_both_seed0").glob("events.out.tfevents.*"))
+    # the report can be rewritten from those runs without training again
+    again = tmp_path / "again" / "BENCHMARK.md"
+    argv = ["benchmark", "--quick", "--out", str(again), "--work", str(tmp_path / "work"), "--rewrite-report"]
+    assert cli.main(argv) == 0
+    assert again.read_text().split("## Rules")[1] == text.split("## Rules")[1]

@@ -136,3 +136,11 @@ def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting
                     task.name, method, seed, task.score_key, result["scores"]["val"][task.score_key],
                     result["scores"]["test"][task.score_key], time.perf_counter() - started)
     return tasks, results
+
+
+def load_runs(work: Path, task_names: list[str], setting: str) -> tuple[list[Task], list[dict[str, Any]]]:
+    """The tasks and the finished runs' results of an earlier benchmark in ``work`` (nothing is trained)."""
+    results = [json.loads(path.read_text()) for path in sorted(work.glob("*/runs/*/result.json"))]
+    names = [name for name in task_names if any(r["task"] == name for r in results)]
+    tasks = [TASKS[name](SETTINGS[name][setting], work / "bundles") for name in names]
+    return tasks, [r for r in results if r["task"] in names]

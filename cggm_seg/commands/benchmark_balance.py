@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cggm_seg.benchmark.balance import run_benchmark
+from cggm_seg.benchmark.balance import load_runs, run_benchmark
 from cggm_seg.benchmark.document import BASELINE, write_benchmark
 from cggm_seg.benchmark.tasks import DEFAULT_TASKS, TASKS, BratsTask
 from cggm_seg.benchmark.timing import machine
@@ -77,6 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "each other and make step times unstable)",
     )
     parser.add_argument(
+        "--rewrite-report",
+        action="store_true",
+        help="train nothing: rewrite the report from the finished runs in --work (after a change to the "
+        "report itself; the runs' numbers are used as they are)",
+    )
+    parser.add_argument(
         "--work",
         type=Path,
         default=None,
@@ -99,10 +105,12 @@ def main(args: argparse.Namespace) -> int:
     needed = {v.init_from for v in BratsTask.variants().values() if v.name in args.methods and v.init_from}
     if needed - set(args.methods):
         raise UserError(f"--methods: the oracle starts from {sorted(needed)}; include it too")
-    if args.work is not None and args.work.exists() and any(args.work.iterdir()):
-        raise UserError(f"--work: {args.work} is not empty; give a new folder for the data and runs")
     args.methods = list(dict.fromkeys(args.methods))
     setting = "quick" if args.quick else "full"
+    if args.rewrite_report:
+        return _rewrite(args, setting)
+    if args.work is not None and args.work.exists() and any(args.work.iterdir()):
+        raise UserError(f"--work: {args.work} is not empty; give a new folder for the data and runs")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cggm-benchmark-") as scratch:
         work = args.work or Path(scratch)
@@ -117,5 +125,19 @@ def main(args: argparse.Namespace) -> int:
         wall_s=time.perf_counter() - started,
         quick=args.quick,
     )
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _rewrite(args: argparse.Namespace, setting: str) -> int:
+    """``--rewrite-report``: the report of the runs already in ``--work``; the wall time is their sum."""
+    if args.work is None or not args.work.is_dir():
+        raise UserError("--rewrite-report: give the --work folder of a finished benchmark")
+    tasks, results = load_runs(args.work, args.tasks, setting)
+    if not results:
+        raise UserError(f"--rewrite-report: no finished runs (*/runs/*/result.json) in {args.work}")
+    written = write_benchmark(results, tasks, args.methods, args.out, command=command_line(args),
+                              machine={**machine(), "threads": args.threads},
+                              wall_s=sum(r["total_s"] for r in results), quick=args.quick)
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
