@@ -97,6 +97,11 @@ def test_absolute_paths_on_request(dataset: Callable, tmp_path: Path) -> None:
     datalist, _ = write_datalist(root, tmp_path / "lists" / "dl.json", folds=3, absolute=True)
     for entry in datalist["training"]:
         assert all(Path(p).is_absolute() and Path(p).is_file() for p in [*entry["image"], entry["label"]])
+    out = tmp_path / "cli" / "dl.json"
+    argv = ["prepare", "brats", "--root", str(root), "--out", str(out), "--folds", "3", "--absolute"]
+    assert cli_main(argv) == 0
+    for entry in json.loads(out.read_text())["training"]:
+        assert Path(entry["label"]).is_absolute() and Path(entry["label"]).is_file()
 
 
 def test_folds_are_balanced_deterministic_and_seeded() -> None:

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-invalid", action="store_true",
                         help="leave out cases with problems (listed as warnings) instead of failing")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    parser.add_argument("--absolute", action="store_true",
+                        help="write absolute image paths (default: relative to --out's folder, as MONAI "
+                             "reads them)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--folds must be at least 2, got {args.folds}: training validates on one fold and "
                         "trains on the others")
     datalist, problems = write_datalist(args.root, args.out, args.folds, args.seed, args.skip_invalid,
-                                        args.force)
+                                        args.force, args.absolute)
     for problem in problems:
         logger.warning("skipped %s", problem)
     sizes = np.bincount([e["fold"] for e in datalist["training"]], minlength=args.folds).tolist()
