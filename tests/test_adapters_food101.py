@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from tiny_transformers import write_tiny_models
 
 from cggm_seg.adapters.food101 import CLASS_NAMES, feature_paths, load_food101, read_records
 from cggm_seg.cli import main as cli
@@ -83,20 +84,7 @@ def test_stale_or_broken_features_are_refused(food, tmp_path):
 
 @pytest.mark.slow
 def test_extract_with_tiny_local_models(food, tmp_path):
-    import transformers  # the food101 extra; part of the dev extra, so CI runs this test
-    vit, bert = tmp_path / "vit", tmp_path / "bert"
-    config = transformers.ViTConfig(image_size=32, patch_size=16, hidden_size=8, num_hidden_layers=1,
-                                    num_attention_heads=2, intermediate_size=16)
-    transformers.ViTModel(config).save_pretrained(vit)
-    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
-    words = sorted({w for name in ("train", "dev", "test") for r in read_records(food / f"{name}.json")
-                    for w in r["text_tokens"]})
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    transformers.BertTokenizer(vocab_file=str(vocab)).save_pretrained(bert)
-    transformers.BertModel(transformers.BertConfig(
-        vocab_size=5 + len(words), hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=16, max_position_embeddings=32)).save_pretrained(bert)
+    vit, bert = write_tiny_models(food, tmp_path)
 
     out = tmp_path / "features"
     args = ["food101", "extract", "--data", str(food), "--bert", str(bert), "--out", str(out),

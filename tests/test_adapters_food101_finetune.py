@@ -10,6 +10,7 @@ import pytest
 import torch
 from monai.engines import SupervisedTrainer
 from PIL import Image
+from tiny_transformers import write_tiny_models
 from torch import nn
 from torch.utils.data import DataLoader
 from toy_multimodal import GradSnapshot
@@ -38,21 +39,7 @@ def food(tmp_path_factory):
 def models(food, tmp_path_factory):
     """A ViT (32x32 images, 16x16 patches) and a BERT with the lists' words as vocabulary, saved as
     ``save_pretrained`` folders with their image processor and tokenizer; no dropout, so runs repeat."""
-    root = tmp_path_factory.mktemp("models")
-    vit, bert = root / "vit", root / "bert"
-    transformers.ViTModel(transformers.ViTConfig(
-        image_size=32, patch_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(vit)
-    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
-    words = sorted({w for name in ("train", "dev", "test") for r in read_records(food / f"{name}.json")
-                    for w in r["text_tokens"]})
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    transformers.BertTokenizer(vocab_file=str(vocab)).save_pretrained(bert)
-    transformers.BertModel(transformers.BertConfig(
-        vocab_size=5 + len(words), hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=16, max_position_embeddings=32, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0)).save_pretrained(bert)
+    vit, bert = write_tiny_models(food, tmp_path_factory.mktemp("models"))
     return {"vit": vit, "bert": bert}
 
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator
+from test_evaluate import _FixedLogits, _run
 
-from cggm_seg.cli import main as cli_main
 from cggm_seg.errors import UserError
 from cggm_seg.metrics.brats import case_scores
 from cggm_seg.metrics.lesionwise import GLI, lesionwise_case_scores
@@ -75,12 +75,6 @@ def _brats2023_root(tmp_path: Path, cases: dict = CASES) -> tuple[Path, Path]:
         if pred is not None:
             _save(pred_dir / f"{case}.nii.gz", pred)
     return pred_dir, gt_dir
-
-
-def _run(capsys, *args: str) -> tuple[int, str, str]:
-    code = cli_main(["evaluate", *args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
@@ -273,15 +267,6 @@ def test_extra_predictions_are_refused_by_both_schemes(tmp_path):
     _save(pred_dir / "stray.nii.gz", _labels())
     with pytest.raises(UserError, match="prediction.s. without ground truth in .*: stray$"):
         score_folders(pred_dir, gt_dir, "brats2023", scheme="brats2023")
-
-
-class _FixedLogits(torch.nn.Module):
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("logits", logits)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.logits
 
 
 def _evaluator(handler: BratsScoreHandler, cases: dict) -> SupervisedEvaluator:

@@ -7,11 +7,11 @@ import errno
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from monai.bundle import ConfigParser
+from test_bundle_conformance import flatten
 
 from cggm_seg.errors import UserError
 from cggm_seg.preflight import check_training_data, check_writable, flag
@@ -42,14 +42,6 @@ def parser_for(bundle: str, configs: tuple[str, ...]) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config([str(BUNDLES / bundle / "configs" / c) for c in configs])
     return parser
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, (dict, list)) and value:
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        return {k: v for key, item in items for k, v in flatten(item, f"{prefix}#{key}" if prefix else
-                                                                  str(key)).items()}
-    return {prefix: value}
 
 
 def boolean_ids(parser: ConfigParser) -> set[str]:
