@@ -24,6 +24,9 @@ from cggm_seg.plots import grouped_bars, line_panels, robust_limits
 BASELINE = "joint"
 #: curve kind -> axis label
 CURVES = {"utilisation": "head score (utilisation)", "coeff": "coefficient"}
+#: the runs whose validation curves are drawn (one colour each): the baseline, the references, CGGM
+VALIDATION_CURVES = ("joint", "unimodal_weak", "oracle", "cggm_magnitude", "cggm_magnitude_robust",
+                     "cggm_both")
 #: the ablation's rows and columns: CGGM parts x estimator sets
 PARTS = ("magnitude", "direction", "both")
 ESTIMATORS = {"paper": "", "robust": "_robust"}
@@ -236,7 +239,7 @@ def plot_task(results: Sequence[dict[str, Any]], task: Task, table: Mapping[str,
     of the lowest seed, reliance bars over all seeds."""
     plots = {}
     validation = {}
-    for method in table:
+    for method in [m for m in VALIDATION_CURVES if m in table]:
         curves = [r["validation_curve"] for r in _runs(results, task, method)
                   if r["validation_curve"]["values"]]
         if curves:
