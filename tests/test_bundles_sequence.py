@@ -94,3 +94,30 @@ def test_existing_outputs_are_kept(data, tmp_path, one_thread):
     with pytest.raises(RuntimeError) as err:
         _workflow("mosi_cggm", ["train.json", "evaluate.json"], data["mosi_cggm"], tmp_path / "empty").run()
     assert str(err.value.__cause__).startswith("checkpoint: neither model.pt nor checkpoint_final.pt in ")
+
+
+@pytest.mark.slow
+def test_food101_bundle_finetunes_tiny_local_encoders_with_cggm(data, tmp_path, one_thread):
+    """`encoders: finetune`: the bundle builds ViT and BERT from local folders, trains them end to end
+    with CGGM scaling their own gradients, and evaluates on the images and texts."""
+    from tiny_transformers import write_tiny_models
+
+    vit, bert = write_tiny_models(data["food101_cggm"], tmp_path / "models")
+    settings = {"encoders": "finetune", "vit_dir": str(vit), "bert_dir": str(bert), "epochs": 1}
+    out = tmp_path / "run"
+    train = _workflow("food101_cggm", ["train.json"], data["food101_cggm"], out, **settings)
+    handler = train.parser.get_parsed_content("modulation_handler")
+    network = train.parser.get_parsed_content("network")
+    assert isinstance(handler, CGGMHandler)
+    encoders = {name: network.get_submodule(name).backbone for name in handler.encoder_names}
+    assert sorted(type(m).__name__ for m in encoders.values()) == ["BertModel", "ViTModel"]
+    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in encoders.items()}
+    train.run()
+    train.finalize()
+    for name, module in encoders.items():  # the backbones were trained, not frozen
+        assert any(not torch.equal(a, b.detach()) for a, b in zip(before[name], module.parameters())), name
+    assert {"coeff/image", "coeff/text"} <= set(handler.latest)
+    evaluate = _workflow("food101_cggm", ["train.json", "evaluate.json"], data["food101_cggm"], out,
+                         **settings)
+    evaluate.run()
+    assert {"accuracy", "f1_weighted"} <= set(json.loads((out / "metrics_test.json").read_text()))
