@@ -9,6 +9,7 @@ the file.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,10 +59,36 @@ def check_writable(folder: str | Path, setting: str) -> None:
         raise UserError(f"{setting}: cannot write in {existing} ({err.strerror or err})") from None
 
 
+def user_error_in(error: BaseException | None) -> UserError | None:
+    """The ``UserError`` behind ``error`` (itself or a cause MONAI wrapped it in), if there is one."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _one_line_user_errors(kind: type, error: BaseException, trace: Any, fallback=sys.excepthook) -> None:
+    """``sys.excepthook`` for a bundle run: a user's mistake is its one line, anything else a traceback.
+
+    ``python -m monai.bundle run`` lets every config error escape wrapped in MONAI's "Failed to
+    evaluate ..." traceback, burying the line that names the setting or file at the top.
+    """
+    mistake = user_error_in(error)
+    if mistake is None:
+        fallback(kind, error, trace)
+    else:
+        print(f"error: {mistake}", file=sys.stderr)
+
+
 def check_run(flags: Mapping[str, bool], folders: Mapping[str, str | Path]) -> bool:
     """First step of every bundle run: ``flags`` (the bundle's booleans, parsed by :func:`flag` as the
     bundle resolves them) and the output ``folders`` (config id -> folder) are settled before anything
-    is built. Logs the booleans as read; returns True."""
+    is built, and from here a user's mistake that ends the run is reported as its one line. Logs the
+    booleans as read; returns True."""
+    sys.excepthook = _one_line_user_errors
     logger.info("settings: %s", ", ".join(f"{name}={value}" for name, value in flags.items()))
     for setting, folder in folders.items():
         check_writable(folder, setting)

@@ -137,6 +137,19 @@ def test_evaluate_and_infer_without_checkpoint_name_it(tmp_path, dataset, config
                        "(train first, or pass --checkpoint PATH)")
 
 
+@pytest.mark.slow
+def test_monai_bundle_run_reports_a_user_error_as_one_line(tmp_path, dataset):
+    """``python -m monai.bundle run`` wraps config errors in its own traceback; ours stay one line."""
+    configs = str([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs,
+                             "--dataset_dir", str(dataset), "--output_dir", str(tmp_path / "empty")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == (
+        f"error: checkpoint: neither model.pt nor checkpoint_final.pt in {tmp_path / 'empty'} "
+        "(train first, or pass --checkpoint PATH)")
+
+
 def test_training_stopped_before_validation_evaluates_its_final_weights(dataset, tmp_path, capsys):
     out = tmp_path / "run"
     train = workflow(["train.json"], dataset, out, epochs=1, val_interval=2)

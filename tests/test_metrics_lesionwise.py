@@ -2,7 +2,6 @@
 reference (tests/lesionwise_reference.py) on random multi-lesion volumes, and the reporting helpers."""
 
 import dataclasses
-import math
 
 import lesionwise_reference as ref
 import numpy as np
@@ -19,7 +18,6 @@ from cggm_seg.metrics.lesionwise import (
     box_plots,
     lesionwise_case_scores,
     lesionwise_region_scores,
-    summary_statistics,
 )
 
 N = 40  # side of the hand-built volumes
@@ -263,22 +261,6 @@ def test_settings_presets_and_validation():
     two = volume((5, 9, 5, 9, 5, 9), (10, 14, 5, 9, 5, 9))
     scores = lesionwise_region_scores(two, two, settings=LesionwiseSettings(0, 50))
     assert scores["tp"] == 2
-
-
-def test_summary_statistics_against_numpy():
-    values = [0.9, 0.1, 0.5, 0.7, 0.65]
-    rows = [{"lesion_dice_wt": v, "tp_wt": i} for i, v in enumerate(values)]
-    rows.append({"tp_wt": 5})  # lacks the Dice key
-    rows.append({"lesion_dice_wt": math.nan})  # NaN is skipped
-    summary = summary_statistics(rows, ["lesion_dice_wt", "tp_wt", "absent"])
-    dice = summary["lesion_dice_wt"]
-    assert dice["n"] == 5
-    assert dice["mean"] == pytest.approx(np.mean(values))
-    assert dice["std"] == pytest.approx(np.std(values, ddof=1))
-    assert dice["median"] == pytest.approx(0.65)
-    assert (dice["p25"], dice["p75"]) == pytest.approx((0.5, 0.7))
-    assert summary["tp_wt"]["mean"] == pytest.approx(2.5)
-    assert summary["absent"]["n"] == 0 and math.isnan(summary["absent"]["mean"])
 
 
 def test_box_plots_write_one_png_per_metric(tmp_path):

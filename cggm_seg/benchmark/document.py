@@ -298,7 +298,8 @@ def task_section(task: Task, table: Mapping[str, dict], check: Mapping[str, Any]
         f"{robust}.",
         "", "### Headroom check", "", *headroom_lines(task, check), "", f"Plateau: {plateau}", "",
         f"### Scores ({task.score_label}) against joint training, and cost", "",
-        *score_table(task, table), "",
+        *(f"- **{name}**: {variant.summary}" for name, variant in task.variants().items() if name in table),
+        "", *score_table(task, table), "",
         "### Ablation in the paper's form (test Δ vs joint [95% CI])", "", *ablation_table(table), "",
     ]
     for kind, path in plots.items():

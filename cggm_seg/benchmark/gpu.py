@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from cggm_seg.benchmark.run import bundle_parser
 from cggm_seg.benchmark.timing import WARMUP_STEPS, StepTimer, cpu_model, synchronize
 from cggm_seg.brats_labels import SEQUENCES
 from cggm_seg.bundle import bundle_dir
@@ -73,15 +74,6 @@ def synthesize(out: Path, cases: int, shape: tuple[int, int, int], seed: int) ->
 
 
 # ----------------------------------------------------------------------------------------- bundle
-def bundle(config: Path, overrides: dict[str, Any]) -> ConfigParser:
-    """A fresh parse of the bundle config: every ``get_parsed_content`` builds new objects."""
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
-
-
 def common_overrides(args: argparse.Namespace, entries: list[dict[str, Any]]) -> dict[str, Any]:
     """The bench's sizes and data in place of the bundle's datalist; everything else stays the config's."""
     overrides = {"device": args.device, "roi_size": [args.roi] * 3, "batch_size": args.batch,
@@ -135,7 +127,7 @@ def loader_throughput(args: argparse.Namespace, overrides: dict[str, Any],
     }
     results: dict[str, Any] = {}
     for name, extra in variants.items():
-        parser = bundle(args.config, {**overrides, **extra})
+        parser = bundle_parser([args.config], {**overrides, **extra})
         start = time.perf_counter()
         loader = parser.get_parsed_content("train_loader")  # CacheDataset fills its cache here
         fill = time.perf_counter() - start
@@ -160,7 +152,7 @@ def time_training(args: argparse.Namespace, overrides: dict[str, Any], batch: di
     feed = [batch] * (WARMUP_STEPS + args.steps)
     # no validation, checkpoints or logs in the loop; the modulation settings stay the config's
     extra = {"train_loader": feed, "train_handlers": [], "modulation": modulation}
-    parser = bundle(args.config, {**overrides, **extra})
+    parser = bundle_parser([args.config], {**overrides, **extra})
     trainer = parser.get_parsed_content("trainer")
     timer = StepTimer(args.device)
     timer.attach(trainer)
@@ -183,7 +175,7 @@ def time_inference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[
     ``amp_kwargs``. One untimed warm-up case lets cuDNN pick its kernels. File reading and writing
     are not included.
     """
-    parser = bundle(args.config, overrides)
+    parser = bundle_parser([args.config], overrides)
     amp = bool(parser.get_parsed_content("amp"))
     amp_kwargs = parser.get_parsed_content("validate#evaluator#amp_kwargs", default={}) if amp else {}
     network = parser.get_parsed_content("network").eval()
@@ -222,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         synthesis = time.perf_counter() - start
         logger.info("synthesised %d cases of %s in %.1f s", args.cases, args.size, synthesis)
         overrides = common_overrides(args, entries)
-        cudnn_benchmark = configure_cudnn(bundle(args.config, overrides), args.device)
+        cudnn_benchmark = configure_cudnn(bundle_parser([args.config], overrides), args.device)
         torch.manual_seed(args.seed)
         loader, batch = loader_throughput(args, overrides, Path(tmp) / "persistent")
         batch = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -33,19 +33,14 @@ SPLITS = ("val", "test")
 
 @dataclass(frozen=True)
 class Variant:
-    """One balancing method with its settings, as a row of the benchmark tables.
-
-    ``group`` places it in the report: ``baseline`` (joint training), ``reference`` (the headroom
-    check's runs), ``cggm`` (the ablation, from which the default is chosen) or ``other`` (other
-    balancing methods). ``init_from`` names the variant whose final weak-modality encoder initialises
-    this one (the pre-trained-encoder oracle).
-    """
+    """One balancing method with its settings, as a row of the benchmark tables; ``summary`` explains
+    the row on the page. ``init_from`` names the variant whose final weak-modality encoder initialises
+    this one (the pre-trained-encoder oracle)."""
 
     name: str
     method: str
     settings: Mapping[str, Any]
     summary: str
-    group: str = "cggm"
     init_from: str | None = None
 
 
@@ -88,11 +83,11 @@ class Task:
         ablation = {"magnitude": {"lam": 0.0}, "direction": {"magnitude": False, "lam": lam},
                     "both": {"lam": lam}}
         variants = [
-            Variant("joint", "none", {}, "joint training: no balancing", "baseline"),
-            Variant("unimodal_weak", "unimodal", {"modality": w}, f"trained on the weak modality ({w}) alone",
-                    "reference"),
+            Variant("joint", "none", {}, "joint training: no balancing"),
+            Variant("unimodal_weak", "unimodal", {"modality": w},
+                    f"trained on the weak modality ({w}) alone"),
             Variant("oracle", "none", {}, f"joint training from the {w} encoder of unimodal_weak",
-                    "reference", init_from="unimodal_weak"),
+                    init_from="unimodal_weak"),
         ]
         for part, settings in ablation.items():
             variants.append(Variant(f"cggm_{part}", "cggm", settings,
@@ -100,10 +95,8 @@ class Task:
             variants.append(Variant(f"cggm_{part}_robust", "cggm", {**settings, **robust},
                                     f"CGGM {part}, robust estimators"))
         variants += [
-            Variant("ogm_ge", "ogm_ge", {"alpha": 0.5}, "OGM-GE, M-modality form, alpha 0.5, with noise",
-                    "other"),
-            Variant("mslr", "mslr", {"lr_scales": {d: 0.5}}, f"modality-specific learning rates: {d} x 0.5",
-                    "other"),
+            Variant("ogm_ge", "ogm_ge", {"alpha": 0.5}, "OGM-GE, M-modality form, alpha 0.5, with noise"),
+            Variant("mslr", "mslr", {"lr_scales": {d: 0.5}}, f"modality-specific learning rates: {d} x 0.5"),
         ]
         return {v.name: v for v in variants}
 

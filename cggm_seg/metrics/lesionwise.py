@@ -345,28 +345,6 @@ def lesionwise_mask_scores(pred_masks: np.ndarray, gt_masks: np.ndarray,
 # ----------------------------------------------------------------------------- reporting
 
 
-def summary_statistics(rows: Sequence[Mapping[str, float]],
-                       keys: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Mean, sample std (ddof=1), median, 25th and 75th percentile of each key over the cases.
-
-    Those are what challenge papers report per metric. Rows lacking a key and NaN values are
-    skipped; ``n`` says how many values remained (std is NaN below 2, everything NaN at 0).
-    """
-    summary: dict[str, dict[str, float]] = {}
-    for key in keys:
-        values = np.array([float(row[key]) for row in rows if key in row], dtype=float)
-        values = values[~np.isnan(values)]
-        if values.size == 0:
-            stats = dict.fromkeys(("mean", "std", "median", "p25", "p75"), math.nan)
-        else:
-            p25, median, p75 = np.percentile(values, [25, 50, 75])
-            stats = {"mean": float(values.mean()),
-                     "std": float(values.std(ddof=1)) if values.size > 1 else math.nan,
-                     "median": float(median), "p25": float(p25), "p75": float(p75)}
-        summary[key] = {"n": float(values.size), **stats}
-    return summary
-
-
 def box_plots(rows: Sequence[Mapping[str, float]], keys: Sequence[str], out_dir: str | Path,
               prefix: str = "") -> list[Path]:
     """One PNG ``{prefix}{metric}.png`` per metric in ``keys`` (e.g. ``lesion_dice``), one box per region.

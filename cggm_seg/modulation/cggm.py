@@ -143,7 +143,6 @@ class CGGMHandler(GradientModulationHandler):
         self.coefficient_rule = coefficient_rule
         self.direction_scale = direction_scale
         self.apply_to = apply_to
-        self.previous_utilisation = torch.zeros(len(self.encoder_names))
         self.history: list[torch.Tensor] = []  # smoothed utilisations of the last iterations, newest last
         self.average_head_loss: torch.Tensor | None = None  # smoothed like the utilisation; "level" rule
         self._fusion_weight: nn.Parameter | None = None
@@ -220,7 +219,6 @@ class CGGMHandler(GradientModulationHandler):
         clipped = torch.zeros((), device=device)
         if self.coeff_clip is not None:
             clipped = (self._coefficients(improvements, average_loss, None) != coefficients).sum()
-        self.previous_utilisation = current.detach()
         self.history = [*self.history, current.detach()][-self.improvement_window:]
         self.average_head_loss = average_loss.detach()
         self.coefficients = coefficients.detach()
@@ -253,6 +251,15 @@ class CGGMHandler(GradientModulationHandler):
     def _scale_update(self, engine: Engine) -> None:
         self._updates.apply()
 
+    @property
+    def previous_utilisation(self) -> torch.Tensor:
+        """The last smoothed utilisation, the EMA's base (``u^0 = 0`` before the first iteration)."""
+        return self.history[-1] if self.history else torch.zeros(len(self.encoder_names))
+
+    @previous_utilisation.setter
+    def previous_utilisation(self, value: torch.Tensor) -> None:
+        self.history = [value]
+
     def state_dict(self) -> dict[str, Any]:
         state = {**super().state_dict(), "previous_utilisation": self.previous_utilisation.cpu()}
         if self.history:
@@ -262,9 +269,11 @@ class CGGMHandler(GradientModulationHandler):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores the state of :meth:`state_dict`; a checkpoint without the history (cggm-seg 0.1)
+        continues from its ``previous_utilisation``."""
         super().load_state_dict(state)
-        self.previous_utilisation = state["previous_utilisation"].clone()
         history = state.get("utilisation_history")
-        self.history = list(history.clone()) if history is not None else []
+        saved = [state["previous_utilisation"]] if history is None else list(history)
+        self.history = [row.clone() for row in saved]
         loss = state.get("average_head_loss")
         self.average_head_loss = loss.clone() if loss is not None else None
