@@ -15,7 +15,9 @@ T2         whole tumour bright, necrosis       enhancing rim (as bright as oedem
 
 ``noise`` sets a sequence's Gaussian noise (standard deviation in units of T1 white matter) and
 ``contrast`` scales its lesion contrast (0 hides the tumour in that sequence, 2 doubles it), so that
-one sequence can be made more or less informative than the others. Case ``i`` of seed ``s`` is drawn
+one sequence can be made more or less informative than the others. A sequence named in ``texture``
+shows the lesion with a random sign at every voxel: as texture, not brightness, so a network must
+build a nonlinear feature (local contrast energy) to see it, and learns it slowly. Case ``i`` of seed ``s`` is drawn
 from its own generator seeded by ``(s, i)``: it does not depend on how many cases are written.
 """
 
@@ -113,15 +115,20 @@ def _sequence_settings(values: dict[str, float] | None, default: float, what: st
 
 
 def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | None = None,
-               contrast: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+               contrast: dict[str, float] | None = None,
+               texture: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One phantom: float32 images by sequence (``SEQUENCES`` order) and a brats2021 label map (uint8).
 
     The tumour is redrawn until its three regions are all present, so every case has WT, TC and ET.
-    The random draws do not depend on ``noise`` or ``contrast``: two calls that differ only in one
-    sequence's setting give the same anatomy, tumour and other sequences.
+    The random draws do not depend on ``noise``, ``contrast`` or ``texture``: two calls that differ only
+    in one sequence's setting give the same anatomy, tumour and other sequences (the texture's signs
+    come from a generator spawned from ``rng``, which leaves ``rng``'s own draws unchanged).
     """
     noise = _sequence_settings(noise, DEFAULT_NOISE, "noise")
     contrast = _sequence_settings(contrast, DEFAULT_CONTRAST, "contrast")
+    unknown = sorted(set(texture) - set(SEQUENCES))
+    if unknown:
+        raise UserError(f"texture: unknown sequence(s) {unknown}; expected names from {list(SEQUENCES)}")
     axis = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0)
     grid = (axis[:, None, None], axis[None, :, None], axis[None, None, :])
     brain, healthy = _anatomy(rng, grid, size)
@@ -136,12 +143,16 @@ def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | No
     lesion[whole] = _OEDEMA
     lesion[enhancing] = _ENHANCING
     lesion[necrosis] = _NECROSIS
-    texture = 1.0 + 0.04 * _smooth_field(rng, size, 12)
+    tissue_texture = 1.0 + 0.04 * _smooth_field(rng, size, 12)
+    sign_rng = rng.spawn(1)[0]
     images = {}
     for name in SEQUENCES:
         table = np.asarray(_INTENSITY[name], dtype=np.float32)
         normal = table[healthy]
-        clean = (normal + contrast[name] * (table[lesion] - normal)) * texture
+        difference = contrast[name] * (table[lesion] - normal)
+        if name in texture:
+            difference = difference * sign_rng.choice(np.array([-1.0, 1.0], dtype=np.float32), difference.shape)
+        clean = (normal + difference) * tissue_texture
         clean = ndimage.gaussian_filter(clean, 0.6)  # partial volume at tissue borders
         bias = np.exp(0.1 * _smooth_field(rng, size, 3))
         noisy = np.abs(clean * bias + noise[name] * rng.standard_normal(clean.shape, dtype=np.float32))
@@ -208,7 +219,7 @@ def _msd_description(cases: int) -> dict:
 
 def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str = "brats2021",
                         noise: dict[str, float] | None = None, contrast: dict[str, float] | None = None,
-                        force: bool = False) -> list[Path]:
+                        force: bool = False, texture: tuple[str, ...] = ()) -> list[Path]:
     """Write ``cases`` phantoms of ``size``^3 voxels under ``out`` in ``layout``; one path per case.
 
     Refuses a non-empty ``out`` unless ``force``; even then it only replaces the files it writes.
@@ -231,7 +242,7 @@ def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str
     affine = brats_affine(size)
     written = []
     for index in tqdm(range(cases), desc="synthesising", unit="case", disable=None):
-        images, label = synth_case(np.random.default_rng([seed, index]), size, noise, contrast)
+        images, label = synth_case(np.random.default_rng([seed, index]), size, noise, contrast, tuple(texture))
         written.append(write_case(out, layout, index, images, label, affine))
     if layout == "msd":
         with atomic_output(out / "dataset.json") as tmp:

@@ -50,6 +50,7 @@ class ShortcutSpec:
     vision_strength: float = 0.05
     vision_length: int = 12
     vision_dim: int = 8
+    audio_random_sign: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.shortcut_rate <= 1.0:
@@ -74,6 +75,16 @@ def _projections(spec: ShortcutSpec, rng: np.random.Generator) -> dict[str, np.n
     return result
 
 
+def _signed_features(codes: np.ndarray, modality: ModalitySpec, projection: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Like ``modality_features`` but each step's signal has a random sign: the class shows only in the
+    energy along its direction, a feature a network must build nonlinearly, so it is slow to learn."""
+    n = codes.shape[0]
+    signs = rng.choice(np.array([-1.0, 1.0]), (n, modality.length, 1))
+    signal = modality.strength * signs * (codes @ projection)[:, None, :]
+    return (rng.normal(0.0, 1.0, (n, modality.length, modality.dim)) + signal).astype(np.float32)
+
+
 def _split(n: int, spec: ShortcutSpec, weights: dict[str, np.ndarray],
            rng: np.random.Generator) -> dict[str, np.ndarray]:
     labels = class_labels(n, NUM_CLASSES, rng)
@@ -82,7 +93,10 @@ def _split(n: int, spec: ShortcutSpec, weights: dict[str, np.ndarray],
     result = {}
     for modality in spec.modalities():
         codes = label_codes(shown if modality.name == "text" else labels, NUM_CLASSES)
-        result[modality.name] = modality_features(codes, modality, weights[modality.name], rng)
+        if modality.name == "audio" and spec.audio_random_sign:
+            result["audio"] = _signed_features(codes, modality, weights["audio"], rng)
+        else:
+            result[modality.name] = modality_features(codes, modality, weights[modality.name], rng)
     present = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
     result["labels"] = np.stack([1.0 - present, present], axis=-1)  # [N, 4, (absent, present)]
     return result

@@ -119,6 +119,22 @@ def test_segmentation_heads_builder():
         heads[0]([torch.rand(1, 4, 8, 8, 8)])
 
 
+def test_head_level_reads_the_coarser_levels_and_upsamples_only_its_logits():
+    features = [torch.rand(1, 4, 8, 8, 8), torch.rand(1, 8, 4, 4, 4)]
+    head = segmentation_heads((4, 8), num_modalities=1, out_channels=2, hidden=5, level=1)[0]
+    assert len(head.projections) == 1 and head.projections[0].in_channels == 8
+    logits = head(features)
+    assert logits.shape == (1, 2, 8, 8, 8)
+    # the finest level is not read: changing it changes nothing
+    assert torch.equal(head([torch.zeros_like(features[0]), features[1]]), logits)
+    # interpolation and a 1x1x1 conv commute: upsampling the logits equals the output layer at full size
+    coarse = head.output_layer(head.act(head.projections[0](features[1])))
+    expected = torch.nn.functional.interpolate(coarse, size=(8, 8, 8), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(logits, expected)
+    with pytest.raises(ValueError, match=r"level must be in \[0, 1\]"):
+        segmentation_heads((4, 8), num_modalities=1, level=2)
+
+
 def test_state_dict_has_no_head_parameters():
     net = small_net()
     heads = net.make_heads()

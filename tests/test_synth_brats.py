@@ -91,6 +91,20 @@ def test_contrast_zero_hides_the_tumour_in_that_sequence_only() -> None:
     assert _region_visibility(hidden["t1ce"], label)["ET"] < 0.8
 
 
+def test_texture_shows_the_tumour_as_texture_not_brightness_in_that_sequence_only() -> None:
+    plain, label = _case(1, size=40)
+    textured, same_label = _case(1, size=40, texture=("flair",))
+    np.testing.assert_array_equal(label, same_label)
+    for name in ("t1", "t1ce", "t2"):
+        np.testing.assert_array_equal(plain[name], textured[name])
+    wt = label > 0
+    near = ndimage.binary_dilation(wt, iterations=2) & ~wt & (plain["flair"] > 0)
+    assert _region_visibility(plain["flair"], label)["WT"] > 0.9  # bright in plain FLAIR
+    # textured: about as bright on average as the tissue around it, but far more variable
+    assert abs(np.median(textured["flair"][wt]) / np.median(textured["flair"][near]) - 1.0) < 0.3
+    assert textured["flair"][wt].std() > 2 * textured["flair"][near].std()
+
+
 def test_noise_setting_sets_that_sequence_noise_std() -> None:
     quiet, label = _case(2, size=32, noise={"flair": 0.0})
     loud, _ = _case(2, size=32, noise={"flair": 0.3})

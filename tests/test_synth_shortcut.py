@@ -82,3 +82,25 @@ def test_seed_determines_the_data(data):
 def test_bad_spec(kwargs):
     with pytest.raises(UserError):
         ShortcutSpec(**kwargs)
+
+
+def test_random_sign_audio_shows_the_class_only_in_its_energy():
+    spec = ShortcutSpec(audio_random_sign=True, audio_strength=0.5)
+    data = make_shortcut_iemocap(N, SEED, spec)
+    codes = _projections(spec, np.random.default_rng(SEED))["audio"]  # [4, dim], orthogonal rows
+    split = data["test"]
+    projected = split["audio"] @ codes.T / np.linalg.norm(codes, axis=1)  # [N, T, 4] along each class
+    labels = _classes(split)
+    # the time average carries no class: every class direction averages to about 0
+    assert np.abs(projected.mean(axis=1)).max(axis=1).mean() < 0.5
+    assert _nearest_centroid(data, ["audio"]) < 0.4
+    # the energy does: strength * sqrt(dim) squared on the true class's direction, plus the unit noise
+    energy = (projected ** 2).mean(axis=1)
+    expected = 1.0 + (spec.audio_strength * np.sqrt(spec.audio_dim)) ** 2
+    assert abs(energy[np.arange(len(labels)), labels].mean() - expected) < 0.1
+    others = energy[np.arange(4)[None, :] != labels[:, None]]
+    assert abs(others.mean() - 1.0) < 0.1
+    assert (energy.argmax(axis=1) == labels).mean() > 0.9
+    # text and vision are those of the default data set with the same seed
+    plain = make_shortcut_iemocap(N, SEED, ShortcutSpec(audio_strength=0.5))
+    np.testing.assert_array_equal(plain["train"]["labels"], data["train"]["labels"])

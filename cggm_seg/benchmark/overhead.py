@@ -26,13 +26,13 @@ from cggm_seg.networks import MultiModalUNet3D
 
 def _run(
     network: MultiModalUNet3D, batch: dict, steps: int, device: torch.device, direction: str | None,
-    lam: float = 0.1,
+    lam: float = 0.1, head_level: int = 0,
 ) -> tuple[list[float], float]:
     """Train ``steps`` steps (with CGGM when ``direction`` is set); returns step times and peak MiB."""
     net = copy.deepcopy(network)
     handlers = []
     if direction is not None:
-        heads = net.make_heads().to(device)
+        heads = net.make_heads(level=head_level).to(device)
         handlers.append(
             CGGMHandler(
                 net.encoder_names(),
@@ -74,10 +74,12 @@ def measure_overhead(
     channels: tuple[int, ...] = (16, 32, 64, 128),
     device: str = "cpu",
     lam: float = 0.1,
+    head_level: int = 0,
 ) -> dict:
     """Median step time and peak memory with CGGM over without, with the raw numbers.
 
-    ``lam`` is CGGM's ``lambda``: 0 measures magnitude modulation alone (the BraTS bundle's default).
+    ``lam`` is CGGM's ``lambda``: 0 measures magnitude modulation alone (the BraTS bundle's default);
+    ``head_level`` is the encoder level the heads compute at (``ModalityHead``).
     """
     if direction not in DIRECTIONS:
         raise UserError(f"--direction: {direction!r} is not one of {DIRECTIONS}")
@@ -96,10 +98,10 @@ def measure_overhead(
     memory: dict[str, list[float]] = {"joint": [], "cggm": []}
     for _ in range(2):  # one unrecorded round each: lazy initialisation and allocator caches
         for mode in (None, direction):
-            _run(network, batch, WARMUP_STEPS + 1, dev, mode, lam)
+            _run(network, batch, WARMUP_STEPS + 1, dev, mode, lam, head_level)
     for _ in range(rounds):
         for name, mode in (("joint", None), ("cggm", direction)):
-            step_times, peak = _run(network, batch, steps, dev, mode, lam)
+            step_times, peak = _run(network, batch, steps, dev, mode, lam, head_level)
             times[name] += step_times
             memory[name].append(peak)
     joint_s, cggm_s = statistics.median(times["joint"]), statistics.median(times["cggm"])
@@ -107,6 +109,7 @@ def measure_overhead(
     return {
         "direction": direction,
         "lambda": lam,
+        "head_level": head_level,
         "time_ratio": round(cggm_s / joint_s, 3),
         "memory_ratio": round(cggm_mib / joint_mib, 3) if joint_mib > 0 else None,
         "joint_step_s": round(joint_s, 4),

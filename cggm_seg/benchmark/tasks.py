@@ -137,6 +137,7 @@ class BratsData:
     noise: Mapping[str, float] = field(
         default_factory=lambda: {"flair": 0.35, "t1": 0.35, "t2": 0.35, "t1ce": 0.02})
     contrast: Mapping[str, float] = field(default_factory=lambda: {"t1ce": 1.5})
+    texture: tuple[str, ...] = ()
 
 
 class BratsTask(Task):
@@ -155,7 +156,11 @@ class BratsTask(Task):
     score_label = "mean Dice (WT, TC, ET)"
     score_keys = ("dice_mean", "dice_wt", "dice_tc", "dice_et", "hd95_mean")
     val_metric = "val_mean_dice"
-    data = BratsData()
+
+    @property
+    def data(self) -> BratsData:
+        """The phantoms' :class:`BratsData`: its defaults, changed by the setting's ``data`` entries."""
+        return BratsData(**self.setting.get("data", {}))
     #: datalist folds: fold 0 is the test split, fold 1 the validation split, the others train
     FOLDS = {"test": 0, "val": 1}
 
@@ -166,9 +171,9 @@ class BratsTask(Task):
         from data_prep.brats_datalist import write_datalist
         from data_prep.synth_brats import write_brats_dataset
 
-        s = self.setting
-        write_brats_dataset(data_dir, s["cases"], s["size"], data_seed, noise=dict(self.data.noise),
-                            contrast=dict(self.data.contrast))
+        s, data = self.setting, self.data
+        write_brats_dataset(data_dir, s["cases"], s["size"], data_seed, noise=dict(data.noise),
+                            contrast=dict(data.contrast), texture=data.texture)
         write_datalist(data_dir, data_dir / "datalist.json", s["folds"], data_seed)
 
     def _split(self, data_dir: Path) -> list[list[dict]]:
@@ -299,22 +304,29 @@ class ShortcutTask(SequenceTask):
     def collapsed(self, scores: Mapping[str, float]) -> bool:
         return classification_collapsed(scores["accuracy"], self.num_classes)
 
+    @property
+    def spec(self) -> Any:
+        """The data set's :class:`data_prep.synth_shortcut.ShortcutSpec`: its defaults, changed by the
+        setting's ``data`` entries."""
+        from data_prep.synth_shortcut import ShortcutSpec
+
+        return ShortcutSpec(**self.setting.get("data", {}))
+
     def _write(self, path: Path, data_seed: int) -> None:
         from data_prep.synth_shortcut import write_shortcut_iemocap
 
-        write_shortcut_iemocap(path, self.setting["n"], data_seed, force=True)
+        write_shortcut_iemocap(path, self.setting["n"], data_seed, self.spec, force=True)
 
     def describe(self) -> str:
-        from data_prep.synth_shortcut import ShortcutSpec
-
-        s, spec = self.setting, ShortcutSpec()
+        s, spec = self.setting, self.spec
         return (
             f"Synthetic 4-class data in the IEMOCAP MulT layout (`data_prep.synth_shortcut`, {s['n']} "
             f"training samples and a third as many each for validation and test per seed, data seed = "
             f"seed): text shows the true class in {spec.shortcut_rate:.0%} of the samples at strength "
             f"{spec.text_strength} and a wrong class otherwise (a fast, partial shortcut); audio always "
-            f"shows the true class at strength {spec.audio_strength} over {spec.audio_length} steps (weak, "
-            f"complete); vision at {spec.vision_strength}. Bundle `iemocap_cggm` as shipped (Adam, "
+            f"shows the true class at strength {spec.audio_strength} over {spec.audio_length} steps"
+            f"{' with a random sign at every step, so only its energy shows the class' if spec.audio_random_sign else ''}"
+            f" (complete, slow to learn); vision at {spec.vision_strength}. Bundle `iemocap_cggm` as shipped (Adam, "
             f"cross-entropy, gradient clipping 0.8, rho 1.3) with d_model {s['d_model']}, "
             f"{s['encoder_layers']} encoder / {s['fusion_layers']} fusion layers, batch {s['batch_size']}, "
             f"{s['epochs']} epochs, validation every {s['val_interval']} epochs; the final weights are "
@@ -360,21 +372,24 @@ TASKS: dict[str, type[Task]] = {"brats": BratsTask, "shortcut": ShortcutTask, "m
 #: the tasks a plain `cggm-seg benchmark` runs: the two built to have headroom
 DEFAULT_TASKS = ("brats", "shortcut")
 
+#: the shortcut task's audio: complete but slow to learn (the class is in each step's energy, not its mean)
+SHORTCUT_DATA = {"audio_random_sign": True, "audio_strength": 0.4}
+
 #: per task, the ``--quick`` (CI smoke test) and the full (documented) settings
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "brats": {
         "quick": {"size": 16, "cases": 8, "folds": 4, "channels": (4, 8, 16, 32), "epochs": 2,
                   "val_interval": 1, "warmup_epochs": 1, "batch_size": 2, "learning_rate": 0.05,
                   "head_learning_rate": 0.03},
-        "full": {"size": 24, "cases": 30, "folds": 5, "channels": (8, 16, 32, 64), "epochs": 20,
-                 "val_interval": 2, "warmup_epochs": 1, "batch_size": 2, "learning_rate": 0.05,
+        "full": {"size": 24, "cases": 30, "folds": 5, "channels": (8, 16, 32, 64), "epochs": 30,
+                 "val_interval": 3, "warmup_epochs": 1, "batch_size": 2, "learning_rate": 0.05,
                  "head_learning_rate": 0.03},
     },
     "shortcut": {
         "quick": {"n": 48, "epochs": 2, "val_interval": 1, "batch_size": 16, "d_model": 8, "num_heads": 2,
-                  "encoder_layers": 1, "fusion_layers": 1},
-        "full": {"n": 1200, "epochs": 20, "val_interval": 2, "batch_size": 64, "d_model": 16, "num_heads": 2,
-                 "encoder_layers": 1, "fusion_layers": 1},
+                  "encoder_layers": 1, "fusion_layers": 1, "data": SHORTCUT_DATA},
+        "full": {"n": 400, "epochs": 80, "val_interval": 8, "batch_size": 64, "d_model": 16, "num_heads": 2,
+                 "encoder_layers": 1, "fusion_layers": 1, "data": SHORTCUT_DATA},
     },
     "mosi": {
         "quick": {"n": 48, "epochs": 2, "val_interval": 1, "batch_size": 16, "d_model": 8, "num_heads": 2,

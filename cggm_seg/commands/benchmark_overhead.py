@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direction", choices=DIRECTIONS, default="weights", help="CGGM direction mode")
     parser.add_argument("--lambda", dest="lam", type=float, default=0.1,
                         help="CGGM's lambda; 0 times magnitude modulation alone (default: %(default)s)")
+    parser.add_argument("--head-level", type=int, default=0,
+                        help="encoder level the CGGM heads compute at, as the BraTS bundle's `head_level` "
+                             "(default: %(default)s)")
     parser.add_argument("--modalities", type=int, default=4, help="encoders (default: %(default)s)")
     parser.add_argument(
         "--channels",
@@ -48,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
         args.channels,
         args.device,
         args.lam,
+        args.head_level,
     )
     print(json.dumps(result))
     return 0

@@ -27,36 +27,47 @@ class ModalityHead(nn.Module):
     many 3x3x3 conv + nonlinearity blocks at the finest level first: a small decoder, for heads that
     must see spatial context to score a modality fairly (the light default sees one voxel).
 
+    ``level`` > 0 makes the head compute at that encoder level's resolution: the finer levels are
+    not read, and only the ``out_channels`` logits are upsampled to the finest resolution, instead of
+    ``hidden`` channels. On 3D volumes the full-resolution upsampling dominated the heads' cost
+    (``docs/PERFORMANCE.md``); level 1 does that work on an eighth of the voxels.
+
     ``output_layer`` has the same weight shape as the network's fusion output layer, which
     the "weights" direction mode of CGGM compares directly.
     """
 
     def __init__(
         self, feature_channels: Sequence[int], out_channels: int, hidden: int, act: str | tuple = DEFAULT_ACT,
-        refine: int = 0,
+        refine: int = 0, level: int = 0,
     ) -> None:
         super().__init__()
         if refine < 0:
             raise ValueError(f"refine must be >= 0, got {refine}.")
-        self.projections = nn.ModuleList(nn.Conv3d(c, hidden, kernel_size=1) for c in feature_channels)
+        if not 0 <= level < len(feature_channels):
+            raise ValueError(f"level must be in [0, {len(feature_channels) - 1}] (an encoder level), got {level}.")
+        self.levels, self.level = len(feature_channels), level
+        self.projections = nn.ModuleList(nn.Conv3d(c, hidden, kernel_size=1) for c in feature_channels[level:])
         self.act = get_act_layer(act)
         self.refine = nn.Sequential(*(nn.Sequential(nn.Conv3d(hidden, hidden, kernel_size=3, padding=1),
                                                     get_act_layer(act)) for _ in range(refine)))
         self.output_layer = nn.Conv3d(hidden, out_channels, kernel_size=1)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        if len(features) != len(self.projections):
+        if len(features) != self.levels:
             raise ValueError(
-                f"ModalityHead expects {len(self.projections)} feature levels (finest first), "
-                f"got {len(features)}."
+                f"ModalityHead expects {self.levels} feature levels (finest first), got {len(features)}."
             )
-        # Coarse to fine, one upsampling per level: only the last one runs at full resolution,
+        read = features[self.level:]
+        # Coarse to fine, one upsampling per level: only the last one runs at the head's resolution,
         # which halves the head's CPU cost against upsampling every level straight to the finest.
-        summed = self.projections[-1](features[-1])
-        for projection, feature in zip(self.projections[-2::-1], features[-2::-1], strict=True):
+        summed = self.projections[-1](read[-1])
+        for projection, feature in zip(self.projections[-2::-1], read[-2::-1], strict=True):
             upsampled = F.interpolate(summed, size=feature.shape[2:], mode="trilinear", align_corners=False)
             summed = upsampled + projection(feature)
-        return self.output_layer(self.refine(self.act(summed)))
+        logits = self.output_layer(self.refine(self.act(summed)))
+        if self.level:
+            logits = F.interpolate(logits, size=features[0].shape[2:], mode="trilinear", align_corners=False)
+        return logits
 
 
 class ModalityHeads(nn.ModuleList):
@@ -85,16 +96,17 @@ def segmentation_heads(
     hidden: int | None = None,
     act: str | tuple = DEFAULT_ACT,
     refine: int = 0,
+    level: int = 0,
 ) -> ModalityHeads:
     """Builds ``num_modalities`` light heads for encoders whose levels have ``feature_channels``.
 
     ``hidden`` defaults to ``feature_channels[0]`` so each head's output layer matches a
     U-Net whose last decoder level has that many channels. ``refine`` adds that many 3x3x3 conv
-    blocks to each head (see :class:`ModalityHead`).
+    blocks to each head; ``level`` is the encoder level the heads compute at (see :class:`ModalityHead`).
     """
     if num_modalities < 1:
         raise ValueError(f"num_modalities must be >= 1, got {num_modalities}.")
     width = feature_channels[0] if hidden is None else hidden
     return ModalityHeads(
-        ModalityHead(feature_channels, out_channels, width, act, refine) for _ in range(num_modalities)
+        ModalityHead(feature_channels, out_channels, width, act, refine, level) for _ in range(num_modalities)
     )

@@ -157,9 +157,10 @@ class MultiModalUNet3D(nn.Module):
         return [f"encoders.{i}" for i in range(self.in_modalities)]
 
     def make_heads(self, hidden: int | None = None, act: str | tuple = DEFAULT_ACT,
-                   refine: int = 0) -> ModalityHeads:
+                   refine: int = 0, level: int = 0) -> ModalityHeads:
         """Training-only per-modality heads matching this network's encoders and output layer."""
-        return segmentation_heads(self.channels, self.in_modalities, self.out_channels, hidden, act, refine)
+        return segmentation_heads(self.channels, self.in_modalities, self.out_channels, hidden, act, refine,
+                                  level)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_modalities:
