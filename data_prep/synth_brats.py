@@ -114,6 +114,14 @@ def _sequence_settings(values: dict[str, float] | None, default: float, what: st
     return {s: float(values.get(s, default)) for s in SEQUENCES}
 
 
+def _texture_sequences(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``names`` as a tuple; a clear error for a name that is not a sequence."""
+    unknown = sorted(set(names) - set(SEQUENCES))
+    if unknown:
+        raise UserError(f"texture: unknown sequence(s) {unknown}; expected names from {list(SEQUENCES)}")
+    return tuple(names)
+
+
 def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | None = None,
                contrast: dict[str, float] | None = None,
                texture: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -126,9 +134,7 @@ def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | No
     """
     noise = _sequence_settings(noise, DEFAULT_NOISE, "noise")
     contrast = _sequence_settings(contrast, DEFAULT_CONTRAST, "contrast")
-    unknown = sorted(set(texture) - set(SEQUENCES))
-    if unknown:
-        raise UserError(f"texture: unknown sequence(s) {unknown}; expected names from {list(SEQUENCES)}")
+    texture = _texture_sequences(texture)
     axis = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0)
     grid = (axis[:, None, None], axis[None, :, None], axis[None, None, :])
     brain, healthy = _anatomy(rng, grid, size)
@@ -233,6 +239,7 @@ def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str
         raise UserError(f"size must be at least {MIN_SIZE} voxels, got {size}")
     noise = _sequence_settings(noise, DEFAULT_NOISE, "noise")
     contrast = _sequence_settings(contrast, DEFAULT_CONTRAST, "contrast")
+    texture = _texture_sequences(texture)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; expected a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -242,7 +249,7 @@ def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str
     affine = brats_affine(size)
     written = []
     for index in tqdm(range(cases), desc="synthesising", unit="case", disable=None):
-        images, label = synth_case(np.random.default_rng([seed, index]), size, noise, contrast, tuple(texture))
+        images, label = synth_case(np.random.default_rng([seed, index]), size, noise, contrast, texture)
         written.append(write_case(out, layout, index, images, label, affine))
     if layout == "msd":
         with atomic_output(out / "dataset.json") as tmp:

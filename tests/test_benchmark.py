@@ -134,6 +134,21 @@ def test_every_variant_is_a_method_the_factory_knows():
             assert variant.method in METHODS
 
 
+def test_paper_rows_pin_the_paper_estimators_whatever_the_bundle_defaults(tmp_path):
+    """The bundles now default to the robust estimators: the paper's rows must still run the paper's."""
+    from cggm_seg.benchmark.run import bundle_parser, variant_overrides
+    from cggm_seg.benchmark.tasks import PAPER_ESTIMATORS
+
+    task = TASKS["shortcut"](SETTINGS["shortcut"]["quick"])
+    for part in ("magnitude", "direction", "both"):
+        paper, robust = task.variants()[f"cggm_{part}"], task.variants()[f"cggm_{part}_robust"]
+        parser = bundle_parser([task.train_config], variant_overrides(paper, 0))
+        handler = parser.config["modulation_handler"]
+        assert {key: parser.get_parsed_content(f"modulation_handler#{key}") for key in PAPER_ESTIMATORS} \
+            == dict(PAPER_ESTIMATORS), handler
+        assert {k: v for k, v in robust.settings.items() if k in PAPER_ESTIMATORS} != dict(PAPER_ESTIMATORS)
+
+
 @pytest.mark.parametrize(("argv", "message"), [(["--methods", "cggm_both"], "include 'joint'"),
                                                (["--methods", "joint", "oracle"], "include it too"),
                                                (["--seeds", "0"], "--seeds: expected at least 1"),

@@ -54,6 +54,9 @@ TASK_IDS = {
                    "validate#evaluator#additional_metrics#val#compute_fn", "modulation_handler#metric",
                    "modulation_handler#soft_metric", "imports", "encoders", "vit_dir", "bert_dir",
                    "max_text_len", "backbone_learning_rate", "collate_fn", "train_loader#collate_fn",
+                   # CGGM's estimators: measured per task (docs/BENCHMARK.md), so each bundle has its own
+                   "utilisation", "utilisation_momentum", "improvement_window", "coefficient_rule",
+                   "direction_scale", "apply_to",
                    "val_loader#collate_fn", "network_def", "optimizer#params"),
     "evaluate.json": ("dataset", "key_metric", "evaluator#additional_metrics#scores#compute_fn",
                       "network_def#input_dims", "eval_loader#collate_fn"),

@@ -205,4 +205,10 @@ def test_cli_writes_cases_and_rejects_bad_settings(tmp_path: Path, capsys: pytes
     assert "--noise: 'flair:0.3' is not name=number" in capsys.readouterr().err
     assert cli_main(["synth", "brats", "--out", str(tmp_path / "x"), "--contrast", "dwi=1"]) == 2
     assert "unknown sequence(s) ['dwi']" in capsys.readouterr().err
+    assert cli_main(["synth", "brats", "--out", str(tmp_path / "x"), "--texture", "flair,dwi"]) == 2
+    assert "texture: unknown sequence(s) ['dwi']" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    textured = tmp_path / "textured"
+    assert cli_main(["synth", "brats", "--out", str(textured), "--cases", "1", "--size", "16",
+                     "--texture", "flair"]) == 0
+    assert len(list(textured.iterdir())) == 1

@@ -307,6 +307,11 @@ def task_section(task: Task, table: Mapping[str, dict], check: Mapping[str, Any]
     return lines
 
 
+def _against(verdict: str) -> str:
+    """``above``/``below`` read as they are before "joint training"; ``inconclusive`` needs "against"."""
+    return verdict if verdict in ("above", "below") else f"{verdict} against"
+
+
 def conclusion(task: Task, table: Mapping[str, dict], check: Mapping[str, Any]) -> list[str]:
     """The task's line in the summary: headroom, the default chosen on validation, its test interval."""
     chosen = choose_default(table)
@@ -316,7 +321,7 @@ def conclusion(task: Task, table: Mapping[str, dict], check: Mapping[str, Any]) 
     head = table[chosen].get("weak_head_vs_joint")
     ranked = "headroom check passed" if check["passed"] else "headroom check FAILED (does not rank methods)"
     return [f"- **{task.name}** ({ranked}): the CGGM row with the best validation score is **{chosen}**; on "
-            f"the test split it is {diff.verdict if diff else '—'} joint training "
+            f"the test split it is {_against(diff.verdict) if diff else '— against'} joint training "
             f"({_interval(diff)}, {diff.wins if diff else 0}/{diff.n if diff else 0} seeds better, "
             f"{table[chosen]['collapsed']} collapsed), weak-modality head {_interval(head)}, step time "
             f"{_ratio(table[chosen]['time_ratio'])}."]
@@ -335,8 +340,8 @@ def answer(tasks: Sequence[Task], numbers: Mapping[str, Mapping[str, Any]]) -> l
     else:
         lines = [f"**No CGGM setting is shown to improve on joint training here.** {len(ranked)} of "
                  f"{len(tasks)} tasks passed the headroom check"
-                 + (": on the tasks that failed it, joint training was not shown to leave accuracy on the "
-                    "table (the checks' intervals include 0), so no method is ranked there."
+                 + (": on each task that failed it, at least one of the check's two comparisons was not "
+                    "above 0 (its section shows which), so no method is ranked there."
                     if len(ranked) < len(tasks)
                     else "; on them the CGGM default chosen on validation is not above joint training.")]
     lines += ["", "What each part of CGGM did to the test score against joint training (paired 95% "

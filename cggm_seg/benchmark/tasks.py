@@ -27,6 +27,10 @@ from cggm_seg.metrics.scoring import summarise
 
 #: train handlers that only print to the console; dropped in benchmark runs
 CONSOLE_HANDLERS = ("StatsHandler", "ignite.handlers.ProgressBar")
+#: the paper's estimators, pinned so the paper's rows stay the paper's whatever a bundle defaults to
+PAPER_ESTIMATORS: Mapping[str, Any] = {
+    "utilisation": "metric", "utilisation_momentum": 0.0, "improvement_window": 1, "coefficient_rule": "paper",
+    "direction_scale": "absolute", "apply_to": "gradient"}
 #: the held-out splits every run is scored on: ``val`` picks the defaults, ``test`` reports them
 SPLITS = ("val", "test")
 
@@ -90,7 +94,7 @@ class Task:
                     init_from="unimodal_weak"),
         ]
         for part, settings in ablation.items():
-            variants.append(Variant(f"cggm_{part}", "cggm", settings,
+            variants.append(Variant(f"cggm_{part}", "cggm", {**settings, **PAPER_ESTIMATORS},
                                     f"CGGM {part}, the paper's estimators (metric, step-to-step, (S-d)/S)"))
             variants.append(Variant(f"cggm_{part}_robust", "cggm", {**settings, **robust},
                                     f"CGGM {part}, robust estimators"))

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"per-sequence noise std in T1 white-matter units (default {DEFAULT_NOISE})")
     parser.add_argument("--contrast", default="", metavar="SEQ=FACTOR,...",
                         help="per-sequence lesion contrast factor; 0 hides the tumour (default 1)")
+    parser.add_argument("--texture", default="", metavar="SEQ,...",
+                        help="sequences that show the lesion as texture (a random sign per voxel), not "
+                             "brightness: learnable only through a nonlinear feature (default none)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
 
 
@@ -36,7 +39,8 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     written = write_brats_dataset(args.out, args.cases, args.size, args.seed, args.layout,
                                   parse_sequence_values(args.noise, "--noise"),
-                                  parse_sequence_values(args.contrast, "--contrast"), args.force)
+                                  parse_sequence_values(args.contrast, "--contrast"), args.force,
+                                  tuple(name for name in args.texture.split(",") if name))
     logger.info("synthesised %d cases in %.1f s", len(written), time.perf_counter() - start)
     print(f"wrote {len(written)} {args.layout} cases of {args.size}^3 voxels to {args.out}")
     return 0
