@@ -17,8 +17,9 @@ T2         whole tumour bright, necrosis       enhancing rim (as bright as oedem
 ``contrast`` scales its lesion contrast (0 hides the tumour in that sequence, 2 doubles it), so that
 one sequence can be made more or less informative than the others. A sequence named in ``texture``
 shows the lesion with a random sign at every voxel: as texture, not brightness, so a network must
-build a nonlinear feature (local contrast energy) to see it, and learns it slowly. Case ``i`` of seed ``s`` is drawn
-from its own generator seeded by ``(s, i)``: it does not depend on how many cases are written.
+build a nonlinear feature (local contrast energy) to see it, and learns it slowly. Case ``i`` of
+seed ``s`` is drawn from its own generator seeded by ``(s, i)``: it does not depend on how many
+cases are written.
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | No
         normal = table[healthy]
         difference = contrast[name] * (table[lesion] - normal)
         if name in texture:
-            difference = difference * sign_rng.choice(np.array([-1.0, 1.0], dtype=np.float32), difference.shape)
+            signs = sign_rng.choice(np.array([-1.0, 1.0], dtype=np.float32), difference.shape)
+            difference = difference * signs
         clean = (normal + difference) * tissue_texture
         clean = ndimage.gaussian_filter(clean, 0.6)  # partial volume at tissue borders
         bias = np.exp(0.1 * _smooth_field(rng, size, 3))

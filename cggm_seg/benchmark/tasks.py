@@ -29,8 +29,8 @@ from cggm_seg.metrics.scoring import summarise
 CONSOLE_HANDLERS = ("StatsHandler", "ignite.handlers.ProgressBar")
 #: the paper's estimators, pinned so the paper's rows stay the paper's whatever a bundle defaults to
 PAPER_ESTIMATORS: Mapping[str, Any] = {
-    "utilisation": "metric", "utilisation_momentum": 0.0, "improvement_window": 1, "coefficient_rule": "paper",
-    "direction_scale": "absolute", "apply_to": "gradient"}
+    "utilisation": "metric", "utilisation_momentum": 0.0, "improvement_window": 1,
+    "coefficient_rule": "paper", "direction_scale": "absolute", "apply_to": "gradient"}
 #: the held-out splits every run is scored on: ``val`` picks the defaults, ``test`` reports them
 SPLITS = ("val", "test")
 
@@ -323,15 +323,16 @@ class ShortcutTask(SequenceTask):
 
     def describe(self) -> str:
         s, spec = self.setting, self.spec
+        signs = (" with a random sign at every step, so only its energy shows the class"
+                 if spec.audio_random_sign else "")
         return (
             f"Synthetic 4-class data in the IEMOCAP MulT layout (`data_prep.synth_shortcut`, {s['n']} "
             f"training samples and a third as many each for validation and test per seed, data seed = "
             f"seed): text shows the true class in {spec.shortcut_rate:.0%} of the samples at strength "
             f"{spec.text_strength} and a wrong class otherwise (a fast, partial shortcut); audio always "
             f"shows the true class at strength {spec.audio_strength} over {spec.audio_length} steps"
-            f"{' with a random sign at every step, so only its energy shows the class' if spec.audio_random_sign else ''}"
-            f" (complete, slow to learn); vision at {spec.vision_strength}. Bundle `iemocap_cggm` as shipped (Adam, "
-            f"cross-entropy, gradient clipping 0.8, rho 1.3) with d_model {s['d_model']}, "
+            f"{signs} (complete, slow to learn); vision at {spec.vision_strength}. Bundle `iemocap_cggm` as "
+            f"shipped (Adam, cross-entropy, gradient clipping 0.8, rho 1.3) with d_model {s['d_model']}, "
             f"{s['encoder_layers']} encoder / {s['fusion_layers']} fusion layers, batch {s['batch_size']}, "
             f"{s['epochs']} epochs, validation every {s['val_interval']} epochs; the final weights are "
             f"scored with the bundle's `evaluate.json`."

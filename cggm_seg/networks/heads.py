@@ -44,9 +44,11 @@ class ModalityHead(nn.Module):
         if refine < 0:
             raise ValueError(f"refine must be >= 0, got {refine}.")
         if not 0 <= level < len(feature_channels):
-            raise ValueError(f"level must be in [0, {len(feature_channels) - 1}] (an encoder level), got {level}.")
+            raise ValueError(f"level must be in [0, {len(feature_channels) - 1}] (an encoder level), "
+                             f"got {level}.")
         self.levels, self.level = len(feature_channels), level
-        self.projections = nn.ModuleList(nn.Conv3d(c, hidden, kernel_size=1) for c in feature_channels[level:])
+        self.projections = nn.ModuleList(nn.Conv3d(c, hidden, kernel_size=1)
+                                         for c in feature_channels[level:])
         self.act = get_act_layer(act)
         self.refine = nn.Sequential(*(nn.Sequential(nn.Conv3d(hidden, hidden, kernel_size=3, padding=1),
                                                     get_act_layer(act)) for _ in range(refine)))
