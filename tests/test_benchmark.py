@@ -134,6 +134,17 @@ def test_every_variant_is_a_method_the_factory_knows():
             assert variant.method in METHODS
 
 
+def test_task_data_comes_from_the_setting():
+    from cggm_seg.benchmark.tasks import BratsTask
+
+    shortcut = ShortcutTask({**SETTINGS["shortcut"]["full"], "data": {"audio_strength": 0.3}})
+    assert shortcut.spec.audio_strength == 0.3 and not shortcut.spec.audio_random_sign
+    assert "random sign" not in shortcut.describe()
+    assert "random sign" in ShortcutTask(SETTINGS["shortcut"]["full"]).describe()
+    brats = BratsTask({**SETTINGS["brats"]["quick"], "data": {"texture": ("flair",)}})
+    assert brats.data.texture == ("flair",) and brats.data.contrast == {"t1ce": 1.5}
+
+
 def test_paper_rows_pin_the_paper_estimators_whatever_the_bundle_defaults(tmp_path):
     """The bundles now default to the robust estimators: the paper's rows must still run the paper's."""
     from cggm_seg.benchmark.run import bundle_parser, variant_overrides

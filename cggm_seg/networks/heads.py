@@ -30,7 +30,7 @@ class ModalityHead(nn.Module):
     ``level`` > 0 makes the head compute at that encoder level's resolution: the finer levels are
     not read, and only the ``out_channels`` logits are upsampled to the finest resolution, instead of
     ``hidden`` channels. On 3D volumes the full-resolution upsampling dominated the heads' cost
-    (``docs/PERFORMANCE.md``); level 1 does that work on an eighth of the voxels.
+    (``docs/METHOD.md``, *Cheaper heads*); level 1 does that work on an eighth of the voxels.
 
     ``output_layer`` has the same weight shape as the network's fusion output layer, which
     the "weights" direction mode of CGGM compares directly.
