@@ -46,6 +46,7 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str, direction: s
     coefficients = _train(ddp, heads, shard, direction, batch=8 // world)
     torch.save({"coefficients": coefficients, "net": net.state_dict(), "heads": heads.state_dict()},
                os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort at exit otherwise)
     dist.destroy_process_group()
 
 
