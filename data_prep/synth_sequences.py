@@ -81,10 +81,16 @@ def random_lengths(n: int, max_length: int, rng: np.random.Generator) -> np.ndar
 
 
 def modality_features(codes: np.ndarray, spec: ModalitySpec, projection: np.ndarray, rng: np.random.Generator,
-                      lengths: np.ndarray | None = None) -> np.ndarray:
-    """``[N, length, dim]`` float32 features for ``spec``; steps at or after ``lengths`` are zero."""
+                      lengths: np.ndarray | None = None, signs: np.ndarray | None = None) -> np.ndarray:
+    """``[N, length, dim]`` float32 features for ``spec``; steps at or after ``lengths`` are zero.
+
+    ``signs`` (``[N, length, 1]``, +-1) multiplies each step's signal: the class then shows only in
+    the energy along its direction, not in the time average.
+    """
     n = codes.shape[0]
     signal = spec.strength * (codes @ projection)[:, None, :]
+    if signs is not None:
+        signal = signal * signs
     features = rng.normal(0.0, 1.0, (n, spec.length, spec.dim)) + signal
     if lengths is not None:
         features[np.arange(spec.length)[None, :] >= lengths[:, None]] = 0.0

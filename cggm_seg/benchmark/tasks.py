@@ -31,6 +31,12 @@ CONSOLE_HANDLERS = ("StatsHandler", "ignite.handlers.ProgressBar")
 PAPER_ESTIMATORS: Mapping[str, Any] = {
     "utilisation": "metric", "utilisation_momentum": 0.0, "improvement_window": 1,
     "coefficient_rule": "paper", "direction_scale": "absolute", "apply_to": "gradient"}
+#: what every task's robust rows share; each task adds its soft utilisation (``Task.robust``)
+ROBUST_ESTIMATORS: Mapping[str, Any] = {
+    "utilisation_momentum": 0.9, "improvement_window": 8, "coefficient_rule": "level",
+    "direction_scale": "relative"}
+#: Adam divides a constant gradient scale away, so the sequence tasks scale the update instead
+ROBUST_SEQUENCE_ESTIMATORS: Mapping[str, Any] = {**ROBUST_ESTIMATORS, "apply_to": "update"}
 #: the held-out splits every run is scored on: ``val`` picks the defaults, ``test`` reports them
 SPLITS = ("val", "test")
 
@@ -153,9 +159,7 @@ class BratsTask(Task):
     dominant = "t1ce"
     weak = "flair"
     paper_lambda = 0.1
-    robust: ClassVar[Mapping[str, Any]] = {
-        "utilisation": "soft", "utilisation_momentum": 0.9, "improvement_window": 8,
-        "coefficient_rule": "level", "direction_scale": "relative"}
+    robust: ClassVar[Mapping[str, Any]] = {"utilisation": "soft", **ROBUST_ESTIMATORS}
     score_key = "dice_mean"
     score_label = "mean Dice (WT, TC, ET)"
     score_keys = ("dice_mean", "dice_wt", "dice_tc", "dice_et", "hd95_mean")
@@ -295,9 +299,7 @@ class ShortcutTask(SequenceTask):
 
     name = "shortcut"
     bundle = "iemocap_cggm"
-    robust: ClassVar[Mapping[str, Any]] = {
-        "utilisation": "soft", "utilisation_momentum": 0.9, "improvement_window": 8,
-        "coefficient_rule": "level", "direction_scale": "relative", "apply_to": "update"}
+    robust: ClassVar[Mapping[str, Any]] = {"utilisation": "soft", **ROBUST_SEQUENCE_ESTIMATORS}
     score_key = "accuracy"
     score_label = "accuracy"
     score_keys = ("accuracy", "f1_weighted")
@@ -344,9 +346,7 @@ class MosiTask(SequenceTask):
 
     name = "mosi"
     bundle = "mosi_cggm"
-    robust: ClassVar[Mapping[str, Any]] = {
-        "utilisation": "loss", "utilisation_momentum": 0.9, "improvement_window": 8,
-        "coefficient_rule": "level", "direction_scale": "relative", "apply_to": "update"}
+    robust: ClassVar[Mapping[str, Any]] = {"utilisation": "loss", **ROBUST_SEQUENCE_ESTIMATORS}
     score_key = "acc2"
     score_label = "Acc-2"
     score_keys = ("acc2", "f1_weighted", "mae", "corr")
