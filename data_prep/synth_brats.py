@@ -17,7 +17,11 @@ T2         whole tumour bright, necrosis       enhancing rim (as bright as oedem
 ``contrast`` scales its lesion contrast (0 hides the tumour in that sequence, 2 doubles it), so that
 one sequence can be made more or less informative than the others. A sequence named in ``texture``
 shows the lesion with a random sign at every voxel: as texture, not brightness, so a network must
-build a nonlinear feature (local contrast energy) to see it, and learns it slowly. Case ``i`` of
+build a nonlinear feature (local contrast energy) to see it, and learns it slowly. ``misplaced``
+gives, per sequence, the share of cases in which that sequence shows the tumour in the wrong place
+(shifted by half the volume front to back) and nothing where it is: a clean sequence with a small
+``misplaced`` share is a fast but partial shortcut, as a mostly-right modality is in classification.
+Case ``i`` of
 seed ``s`` is drawn from its own generator seeded by ``(s, i)``: it does not depend on how many
 cases are written.
 """
@@ -115,6 +119,15 @@ def _sequence_settings(values: dict[str, float] | None, default: float, what: st
     return {s: float(values.get(s, default)) for s in SEQUENCES}
 
 
+def _shares(values: dict[str, float] | None) -> dict[str, float]:
+    """Per-sequence ``misplaced`` shares (0 unless given); a clear error for a bad name or share."""
+    shares = _sequence_settings(values, 0.0, "misplaced")
+    bad = {k: v for k, v in shares.items() if v > 1}
+    if bad:
+        raise UserError(f"misplaced: {bad} must be shares between 0 and 1")
+    return shares
+
+
 def _texture_sequences(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """``names`` as a tuple; a clear error for a name that is not a sequence."""
     unknown = sorted(set(names) - set(SEQUENCES))
@@ -124,18 +137,20 @@ def _texture_sequences(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | None = None,
-               contrast: dict[str, float] | None = None,
-               texture: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], np.ndarray]:
+               contrast: dict[str, float] | None = None, texture: tuple[str, ...] = (),
+               misplaced: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One phantom: float32 images by sequence (``SEQUENCES`` order) and a brats2021 label map (uint8).
 
     The tumour is redrawn until its three regions are all present, so every case has WT, TC and ET.
-    The random draws do not depend on ``noise``, ``contrast`` or ``texture``: two calls that differ only
-    in one sequence's setting give the same anatomy, tumour and other sequences (the texture's signs
-    come from a generator spawned from ``rng``, which leaves ``rng``'s own draws unchanged).
+    The random draws do not depend on ``noise``, ``contrast``, ``texture`` or ``misplaced``: two calls
+    that differ only in one sequence's setting give the same anatomy, tumour and other sequences (the
+    texture's signs and the misplacement draws come from generators spawned from ``rng``, which leave
+    ``rng``'s own draws unchanged).
     """
     noise = _sequence_settings(noise, DEFAULT_NOISE, "noise")
     contrast = _sequence_settings(contrast, DEFAULT_CONTRAST, "contrast")
     texture = _texture_sequences(texture)
+    misplaced = _shares(misplaced)
     axis = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0)
     grid = (axis[:, None, None], axis[None, :, None], axis[None, None, :])
     brain, healthy = _anatomy(rng, grid, size)
@@ -151,12 +166,16 @@ def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | No
     lesion[enhancing] = _ENHANCING
     lesion[necrosis] = _NECROSIS
     tissue_texture = 1.0 + 0.04 * _smooth_field(rng, size, 12)
-    sign_rng = rng.spawn(1)[0]
+    sign_rng, place_rng = rng.spawn(2)
+    elsewhere = healthy.copy()  # the same tumour half a volume away: what a misplacing sequence shows
+    shifted = np.roll(lesion, size // 2, axis=1)
+    elsewhere[brain & (shifted >= _OEDEMA)] = shifted[brain & (shifted >= _OEDEMA)]
     images = {}
     for name in SEQUENCES:
         table = np.asarray(_INTENSITY[name], dtype=np.float32)
         normal = table[healthy]
-        difference = contrast[name] * (table[lesion] - normal)
+        shown = elsewhere if place_rng.random() < misplaced[name] else lesion
+        difference = contrast[name] * (table[shown] - normal)
         if name in texture:
             signs = sign_rng.choice(np.array([-1.0, 1.0], dtype=np.float32), difference.shape)
             difference = difference * signs
@@ -227,7 +246,8 @@ def _msd_description(cases: int) -> dict:
 
 def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str = "brats2021",
                         noise: dict[str, float] | None = None, contrast: dict[str, float] | None = None,
-                        force: bool = False, texture: tuple[str, ...] = ()) -> list[Path]:
+                        force: bool = False, texture: tuple[str, ...] = (),
+                        misplaced: dict[str, float] | None = None) -> list[Path]:
     """Write ``cases`` phantoms of ``size``^3 voxels under ``out`` in ``layout``; one path per case.
 
     Refuses a non-empty ``out`` unless ``force``; even then it only replaces the files it writes.
@@ -242,6 +262,7 @@ def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str
     noise = _sequence_settings(noise, DEFAULT_NOISE, "noise")
     contrast = _sequence_settings(contrast, DEFAULT_CONTRAST, "contrast")
     texture = _texture_sequences(texture)
+    misplaced = _shares(misplaced)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; expected a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -251,7 +272,8 @@ def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str
     affine = brats_affine(size)
     written = []
     for index in tqdm(range(cases), desc="synthesising", unit="case", disable=None):
-        images, label = synth_case(np.random.default_rng([seed, index]), size, noise, contrast, texture)
+        images, label = synth_case(np.random.default_rng([seed, index]), size, noise, contrast, texture,
+                                   misplaced)
         written.append(write_case(out, layout, index, images, label, affine))
     if layout == "msd":
         with atomic_output(out / "dataset.json") as tmp:

@@ -94,19 +94,27 @@ def _split(n: int, spec: ShortcutSpec, weights: dict[str, np.ndarray],
     return result
 
 
-def make_shortcut_iemocap(n: int, seed: int, spec: ShortcutSpec = ShortcutSpec()) -> dict:
+def make_shortcut_iemocap(n: int, seed: int, spec: ShortcutSpec = ShortcutSpec(),
+                          held_out: int | None = None) -> dict:
     """``{"train"|"valid"|"test": {"text", "audio", "vision": [N, T, D] float32, "labels": [N, 4, 2]}}``.
 
-    ``n`` training samples, a third as many in valid and test (:func:`split_sizes`); balanced classes.
+    ``n`` training samples and ``held_out`` each in valid and test (default a third as many,
+    :func:`split_sizes`); balanced classes. Larger held-out splits measure small differences between
+    methods without changing what they train on.
     """
+    sizes = split_sizes(n)
+    if held_out is not None:
+        if held_out < 2:
+            raise UserError(f"held_out must be at least 2, got {held_out}")
+        sizes.update(valid=held_out, test=held_out)
     rng = np.random.default_rng(seed)
     weights = _projections(spec, rng)
-    return {split: _split(size, spec, weights, rng) for split, size in split_sizes(n).items()}
+    return {split: _split(size, spec, weights, rng) for split, size in sizes.items()}
 
 
 def write_shortcut_iemocap(out: Path, n: int, seed: int, spec: ShortcutSpec = ShortcutSpec(),
-                           force: bool = False) -> dict[str, int]:
+                           force: bool = False, held_out: int | None = None) -> dict[str, int]:
     """Write the MulT pickle to ``out`` atomically (overwrite only with ``force``); samples per split."""
-    data = make_shortcut_iemocap(n, seed, spec)
+    data = make_shortcut_iemocap(n, seed, spec, held_out)
     write_atomic(out, lambda tmp: tmp.write_bytes(pickle.dumps(data, protocol=PICKLE_PROTOCOL)), force)
     return {split: len(arrays["labels"]) for split, arrays in data.items()}

@@ -15,6 +15,7 @@ from cggm_seg.benchmark.document import (
     choose_default,
     headroom,
     score_table,
+    task_section,
     top_share,
 )
 from cggm_seg.benchmark.tasks import SETTINGS, TASKS, ShortcutTask
@@ -99,7 +100,17 @@ def test_tables_show_intervals_and_verdicts(task, results):
     assert "| +0.020 [+0.020, +0.020] | above | 3/3 | 0/3 |" in rows[3]
     ablation = ablation_table(table)
     assert ablation[2].startswith("| magnitude | +0.020 [+0.020, +0.020] above | -0.010 [")
-    assert ablation[3] == "| direction | — | — |"
+    assert ablation[0] == "| CGGM part | paper estimators | robust estimators | robust estimators, lambda 1 |"
+    assert ablation[3] == "| direction | — | — | — |"
+
+
+def test_section_names_requested_methods_that_did_not_run_on_the_task(task, results, tmp_path):
+    methods = ["joint", "cggm_magnitude", "cggm_both_robust_strong"]
+    table = aggregate(results, task, methods)
+    check = headroom(task, table)
+    lines = task_section(task, table, check, ([], []), {}, tmp_path, [m for m in methods if m not in table])
+    assert "- Not run on this task (no finished runs): `cggm_both_robust_strong`." in lines
+    assert not any("Not run" in line for line in task_section(task, table, check, ([], []), {}, tmp_path))
 
 
 def test_answer_follows_the_rules(task, results):
@@ -113,6 +124,12 @@ def test_answer_follows_the_rules(task, results):
     failed = {**passed, "headroom": {**passed["headroom"], "passed": False}}
     text = "\n".join(answer([task], {task.name: failed}))
     assert "**No CGGM setting is shown to improve on joint training here.** 0 of 1 tasks passed" in text
+    assert "on those the CGGM default" not in text
+    other = TASKS["brats"](SETTINGS["brats"]["quick"])
+    no_win = {**passed, "default": "cggm_both"}
+    text = "\n".join(answer([task, other], {task.name: no_win, other.name: failed}))
+    assert ("1 of 2 tasks passed the headroom check; on those the CGGM default chosen on validation is not "
+            "above joint training on the test split; on each task that failed it") in text
 
 
 def test_oracle_runs_after_the_run_it_starts_from(task):

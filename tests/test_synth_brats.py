@@ -105,6 +105,30 @@ def test_texture_shows_the_tumour_as_texture_not_brightness_in_that_sequence_onl
     assert textured["flair"][wt].std() > 2 * textured["flair"][near].std()
 
 
+def test_misplaced_sequence_shows_the_tumour_elsewhere_and_nothing_where_it_is() -> None:
+    plain, label = _case(1, size=32)
+    moved, same_label = _case(1, size=32, misplaced={"t2": 1.0})
+    np.testing.assert_array_equal(label, same_label)
+    for name in ("flair", "t1", "t1ce"):
+        np.testing.assert_array_equal(plain[name], moved[name])
+    assert _region_visibility(plain["t2"], label)["WT"] > 0.9
+    assert _region_visibility(moved["t2"], label)["WT"] < 0.75  # the true place looks like brain
+    shifted = np.roll(label, 16, axis=1) > 0
+    elsewhere = shifted & (label == 0) & (moved["t2"] > 0)
+    assert _region_visibility(moved["t2"], elsewhere.astype(np.uint8))["WT"] > 0.9  # the decoy is bright
+
+
+def test_misplaced_share_picks_that_share_of_cases() -> None:
+    shown_elsewhere = []
+    for seed in range(40):
+        plain, label = _case(seed, size=16)
+        moved, _ = _case(seed, size=16, misplaced={"t2": 0.25})
+        shown_elsewhere.append(not np.array_equal(plain["t2"], moved["t2"]))
+    assert 4 <= sum(shown_elsewhere) <= 17  # binomial(40, 0.25): mean 10
+    with pytest.raises(UserError, match="misplaced"):
+        _case(0, size=16, misplaced={"t2": 1.5})
+
+
 def test_noise_setting_sets_that_sequence_noise_std() -> None:
     quiet, label = _case(2, size=32, noise={"flair": 0.0})
     loud, _ = _case(2, size=32, noise={"flair": 0.3})
@@ -212,3 +236,5 @@ def test_cli_writes_cases_and_rejects_bad_settings(tmp_path: Path, capsys: pytes
     assert cli_main(["synth", "brats", "--out", str(textured), "--cases", "1", "--size", "16",
                      "--texture", "flair"]) == 0
     assert len(list(textured.iterdir())) == 1
+    assert cli_main(["synth", "brats", "--out", str(tmp_path / "x"), "--misplaced", "t2=2"]) == 2
+    assert "misplaced: {'t2': 2.0} must be shares between 0 and 1" in capsys.readouterr().err

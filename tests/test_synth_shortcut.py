@@ -46,6 +46,15 @@ def test_pickle_loads_as_iemocap(tmp_path):
     assert len(load_iemocap(path)["train"]) == 20
 
 
+def test_held_out_sets_the_valid_and_test_sizes_only():
+    data = make_shortcut_iemocap(40, 0, held_out=30)
+    assert {split: len(arrays["labels"]) for split, arrays in data.items()} == {
+        "train": 40, "valid": 30, "test": 30}
+    np.testing.assert_array_equal(data["train"]["audio"], make_shortcut_iemocap(40, 0)["train"]["audio"])
+    with pytest.raises(UserError, match="held_out"):
+        make_shortcut_iemocap(40, 0, held_out=1)
+
+
 @pytest.mark.parametrize("rate", [0.8, 0.5, 1.0, 0.0])
 def test_text_shows_the_true_class_at_shortcut_rate(rate):
     spec = ShortcutSpec(shortcut_rate=rate)

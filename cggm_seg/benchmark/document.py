@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cggm_seg.benchmark.stats import PairedDifference, paired_difference, plateaued, summary
-from cggm_seg.benchmark.tasks import Task
+from cggm_seg.benchmark.tasks import STRONG_LAMBDA, Task
 from cggm_seg.benchmark.timing import WARMUP_STEPS, steady_state
 from cggm_seg.plots import grouped_bars, line_panels, robust_limits
 
@@ -27,9 +27,10 @@ CURVES = {"utilisation": "head score (utilisation)", "coeff": "coefficient"}
 #: the runs whose validation curves are drawn (one colour each): the baseline, the references, CGGM
 VALIDATION_CURVES = ("joint", "unimodal_weak", "oracle", "cggm_magnitude", "cggm_magnitude_robust",
                      "cggm_both")
-#: the ablation's rows and columns: CGGM parts x estimator sets
+#: the ablation's rows and columns: CGGM parts x estimator sets (column label -> row suffix)
 PARTS = ("magnitude", "direction", "both")
-ESTIMATORS = {"paper": "", "robust": "_robust"}
+ESTIMATORS = {"paper estimators": "", "robust estimators": "_robust",
+              f"robust estimators, lambda {STRONG_LAMBDA:g}": "_robust_strong"}
 
 RULES = """\
 - **Pairing.** Seed *s* draws its own data set (data seed *s*) and trains with seed *s*, so every
@@ -198,7 +199,7 @@ def score_table(task: Task, table: Mapping[str, dict]) -> list[str]:
 
 def ablation_table(table: Mapping[str, dict]) -> list[str]:
     """The paper's ablation: CGGM parts (rows) x estimator sets (columns), test Δ vs joint [95% CI]."""
-    lines = ["| CGGM part | " + " | ".join(f"{name} estimators" for name in ESTIMATORS) + " |",
+    lines = ["| CGGM part | " + " | ".join(ESTIMATORS) + " |",
              "|---|" + "---|" * len(ESTIMATORS)]
     for part in PARTS:
         cells = []
@@ -283,7 +284,8 @@ CAPTIONS = {
 
 
 def task_section(task: Task, table: Mapping[str, dict], check: Mapping[str, Any], curve: tuple[list, list],
-                 plots: Mapping[str, Path], doc_dir: Path) -> list[str]:
+                 plots: Mapping[str, Path], doc_dir: Path, missing: Sequence[str] = ()) -> list[str]:
+    """The task's part of the page; ``missing``: requested methods without a finished run on this task."""
     iterations = sorted({e["iterations"] for e in table.values()})
     epochs, values = curve
     plateau = (f"joint training's validation {task.score_label} by epoch: "
@@ -299,6 +301,8 @@ def task_section(task: Task, table: Mapping[str, dict], check: Mapping[str, Any]
         "", "### Headroom check", "", *headroom_lines(task, check), "", f"Plateau: {plateau}", "",
         f"### Scores ({task.score_label}) against joint training, and cost", "",
         *(f"- **{name}**: {variant.summary}" for name, variant in task.variants().items() if name in table),
+        *([f"- Not run on this task (no finished runs): {', '.join(f'`{m}`' for m in missing)}."]
+          if missing else []),
         "", *score_table(task, table), "",
         "### Ablation in the paper's form (test Δ vs joint [95% CI])", "", *ablation_table(table), "",
     ]
@@ -338,12 +342,13 @@ def answer(tasks: Sequence[Task], numbers: Mapping[str, Mapping[str, Any]]) -> l
         lines = [f"A CGGM setting chosen on validation data is above joint training on the test split of "
                  f"{', '.join(wins)} (a task with headroom); the lines above give the setting and interval."]
     else:
+        on_passed = ("; on those the CGGM default chosen on validation is not above joint training on the "
+                     "test split") if ranked else ""
+        on_failed = ("; on each task that failed it, at least one of the check's two comparisons was not "
+                     "above 0 (its section shows which), so no method is ranked there") \
+            if len(ranked) < len(tasks) else ""
         lines = [f"**No CGGM setting is shown to improve on joint training here.** {len(ranked)} of "
-                 f"{len(tasks)} tasks passed the headroom check"
-                 + (": on each task that failed it, at least one of the check's two comparisons was not "
-                    "above 0 (its section shows which), so no method is ranked there."
-                    if len(ranked) < len(tasks)
-                    else "; on them the CGGM default chosen on validation is not above joint training.")]
+                 f"{len(tasks)} tasks passed the headroom check{on_passed}{on_failed}."]
     lines += ["", "What each part of CGGM did to the test score against joint training (paired 95% "
               "intervals, every task, ranked or not):", ""]
     for part in PARTS:
@@ -352,7 +357,7 @@ def answer(tasks: Sequence[Task], numbers: Mapping[str, Mapping[str, Any]]) -> l
             verdicts = [f"{t.name} {e['vs_joint'].verdict} ({e['vs_joint'].mean:+.3f})" for t in tasks
                         if (e := numbers[t.name]["table"].get(row)) and e.get("vs_joint")]
             if verdicts:
-                lines.append(f"- {part}, {estimators} estimators (`{row}`): {'; '.join(verdicts)}")
+                lines.append(f"- {part}, {estimators} (`{row}`): {'; '.join(verdicts)}")
     return lines
 
 
@@ -381,7 +386,8 @@ def write_benchmark(results: Sequence[dict[str, Any]], tasks: Sequence[Task], me
         check = headroom(task, table)
         curve = joint_curve(results, task)
         plots = plot_task(results, task, table, folder)
-        body += task_section(task, table, check, curve, plots, out.parent)
+        missing = [m for m in methods if m not in table]
+        body += task_section(task, table, check, curve, plots, out.parent, missing)
         conclusions += conclusion(task, table, check)
         numbers[task.name] = {"table": table, "headroom": check, "default": choose_default(table)}
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""

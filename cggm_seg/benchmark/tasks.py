@@ -37,6 +37,8 @@ ROBUST_ESTIMATORS: Mapping[str, Any] = {
     "direction_scale": "relative"}
 #: Adam divides a constant gradient scale away, so the sequence tasks scale the update instead
 ROBUST_SEQUENCE_ESTIMATORS: Mapping[str, Any] = {**ROBUST_ESTIMATORS, "apply_to": "update"}
+#: the strong direction rows' ``lambda``: with ``direction_scale: relative`` the term is ``L.detach() L_gm``
+STRONG_LAMBDA = 1.0
 #: the held-out splits every run is scored on: ``val`` picks the defaults, ``test`` reports them
 SPLITS = ("val", "test")
 
@@ -87,7 +89,10 @@ class Task:
 
         The CGGM rows are the paper's ablation (magnitude only, direction only, both) with the paper's
         estimators and with the robust ones (:attr:`robust`), all with the bundle's ``rho`` and the
-        paper's ``lambda``. OGM-GE's ``alpha`` and the MSLR factor are set once here, not tuned.
+        paper's ``lambda``; two more rows give the direction term ``lambda`` :data:`STRONG_LAMBDA`
+        (robust estimators, whose relative scale makes the term ``lambda L.detach() L_gm``), the
+        remedy closest to pre-training the weak encoder on its own head. OGM-GE's ``alpha`` and the
+        MSLR factor are set once here, not tuned.
         """
         d, w, lam, robust = cls.dominant, cls.weak, cls.paper_lambda, dict(cls.robust)
         ablation = {"magnitude": {"lam": 0.0}, "direction": {"magnitude": False, "lam": lam},
@@ -104,6 +109,10 @@ class Task:
                                     f"CGGM {part}, the paper's estimators (metric, step-to-step, (S-d)/S)"))
             variants.append(Variant(f"cggm_{part}_robust", "cggm", {**settings, **robust},
                                     f"CGGM {part}, robust estimators"))
+        for part in ("direction", "both"):
+            variants.append(Variant(f"cggm_{part}_robust_strong", "cggm",
+                                    {**ablation[part], **robust, "lam": STRONG_LAMBDA},
+                                    f"CGGM {part}, robust estimators, lambda {STRONG_LAMBDA}"))
         variants += [
             Variant("ogm_ge", "ogm_ge", {"alpha": 0.5}, "OGM-GE, M-modality form, alpha 0.5, with noise"),
             Variant("mslr", "mslr", {"lr_scales": {d: 0.5}}, f"modality-specific learning rates: {d} x 0.5"),
@@ -148,6 +157,7 @@ class BratsData:
         default_factory=lambda: {"flair": 0.35, "t1": 0.35, "t2": 0.35, "t1ce": 0.02})
     contrast: Mapping[str, float] = field(default_factory=lambda: {"t1ce": 1.5})
     texture: tuple[str, ...] = ()
+    misplaced: Mapping[str, float] = field(default_factory=dict)
 
 
 class BratsTask(Task):
@@ -181,7 +191,8 @@ class BratsTask(Task):
 
         s, data = self.setting, self.data
         write_brats_dataset(data_dir, s["cases"], s["size"], data_seed, noise=dict(data.noise),
-                            contrast=dict(data.contrast), texture=data.texture)
+                            contrast=dict(data.contrast), texture=data.texture,
+                            misplaced=dict(data.misplaced))
         write_datalist(data_dir, data_dir / "datalist.json", s["folds"], data_seed)
 
     def _split(self, data_dir: Path) -> list[list[dict]]:
@@ -321,15 +332,17 @@ class ShortcutTask(SequenceTask):
     def _write(self, path: Path, data_seed: int) -> None:
         from data_prep.synth_shortcut import write_shortcut_iemocap
 
-        write_shortcut_iemocap(path, self.setting["n"], data_seed, self.spec, force=True)
+        write_shortcut_iemocap(path, self.setting["n"], data_seed, self.spec, force=True,
+                               held_out=self.setting.get("held_out"))
 
     def describe(self) -> str:
         s, spec = self.setting, self.spec
+        held_out = s.get("held_out") or "a third as many"
         signs = (" with a random sign at every step, so only its energy shows the class"
                  if spec.audio_random_sign else "")
         return (
             f"Synthetic 4-class data in the IEMOCAP MulT layout (`data_prep.synth_shortcut`, {s['n']} "
-            f"training samples and a third as many each for validation and test per seed, data seed = "
+            f"training samples and {held_out} each for validation and test per seed, data seed = "
             f"seed): text shows the true class in {spec.shortcut_rate:.0%} of the samples at strength "
             f"{spec.text_strength} and a wrong class otherwise (a fast, partial shortcut); audio always "
             f"shows the true class at strength {spec.audio_strength} over {spec.audio_length} steps"
@@ -393,8 +406,9 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "shortcut": {
         "quick": {"n": 48, "epochs": 2, "val_interval": 1, "batch_size": 16, "d_model": 8, "num_heads": 2,
                   "encoder_layers": 1, "fusion_layers": 1, "data": SHORTCUT_DATA},
-        "full": {"n": 400, "epochs": 80, "val_interval": 8, "batch_size": 64, "d_model": 16, "num_heads": 2,
-                 "encoder_layers": 1, "fusion_layers": 1, "data": SHORTCUT_DATA},
+        "full": {"n": 400, "held_out": 800, "epochs": 160, "val_interval": 16, "batch_size": 64,
+                 "d_model": 16, "num_heads": 2, "encoder_layers": 1, "fusion_layers": 1,
+                 "data": SHORTCUT_DATA},
     },
     "mosi": {
         "quick": {"n": 48, "epochs": 2, "val_interval": 1, "batch_size": 16, "d_model": 8, "num_heads": 2,

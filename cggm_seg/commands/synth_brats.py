@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--texture", default="", metavar="SEQ,...",
                         help="sequences that show the lesion as texture (a random sign per voxel), not "
                              "brightness: learnable only through a nonlinear feature (default none)")
+    parser.add_argument("--misplaced", default="", metavar="SEQ=SHARE,...",
+                        help="per-sequence share of cases in which it shows the tumour in the wrong place "
+                             "and nothing where it is: a partial shortcut (default 0)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out")
 
 
@@ -40,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
     written = write_brats_dataset(args.out, args.cases, args.size, args.seed, args.layout,
                                   parse_sequence_values(args.noise, "--noise"),
                                   parse_sequence_values(args.contrast, "--contrast"), args.force,
-                                  tuple(name for name in args.texture.split(",") if name))
+                                  tuple(name for name in args.texture.split(",") if name),
+                                  parse_sequence_values(args.misplaced, "--misplaced"))
     logger.info("synthesised %d cases in %.1f s", len(written), time.perf_counter() - start)
     print(f"wrote {len(written)} {args.layout} cases of {args.size}^3 voxels to {args.out}")
     return 0
