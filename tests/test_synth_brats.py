@@ -78,12 +78,19 @@ def test_each_sequence_hides_a_region_but_together_they_show_all() -> None:
     assert best["t2"]["necrosis"] > 0.8
 
 
-def test_contrast_zero_hides_the_tumour_in_that_sequence_only() -> None:
-    plain, label = _case(1, size=40)
-    hidden, same_label = _case(1, size=40, contrast={"t1ce": 0.0})
+def _only_changes(sequence: str, size: int = 40, **settings) -> tuple[dict, dict, np.ndarray]:
+    """The plain case and the case with ``settings``: the same label and every other sequence unchanged."""
+    plain, label = _case(1, size=size)
+    changed, same_label = _case(1, size=size, **settings)
     np.testing.assert_array_equal(label, same_label)
-    for name in ("flair", "t1", "t2"):
-        np.testing.assert_array_equal(plain[name], hidden[name])
+    for name in SEQUENCES:
+        if name != sequence:
+            np.testing.assert_array_equal(plain[name], changed[name])
+    return plain, changed, label
+
+
+def test_contrast_zero_hides_the_tumour_in_that_sequence_only() -> None:
+    plain, hidden, label = _only_changes("t1ce", contrast={"t1ce": 0.0})
     # partial-volume blur reaches 2 voxels (sigma 0.6, truncated at 4 sigma) along each axis
     around = ndimage.binary_dilation(label > 0, structure=np.ones((3, 3, 3)), iterations=2)
     np.testing.assert_array_equal(plain["t1ce"][~around], hidden["t1ce"][~around])
@@ -92,11 +99,7 @@ def test_contrast_zero_hides_the_tumour_in_that_sequence_only() -> None:
 
 
 def test_texture_shows_the_tumour_as_texture_not_brightness_in_that_sequence_only() -> None:
-    plain, label = _case(1, size=40)
-    textured, same_label = _case(1, size=40, texture=("flair",))
-    np.testing.assert_array_equal(label, same_label)
-    for name in ("t1", "t1ce", "t2"):
-        np.testing.assert_array_equal(plain[name], textured[name])
+    plain, textured, label = _only_changes("flair", texture=("flair",))
     wt = label > 0
     near = ndimage.binary_dilation(wt, iterations=2) & ~wt & (plain["flair"] > 0)
     assert _region_visibility(plain["flair"], label)["WT"] > 0.9  # bright in plain FLAIR
@@ -106,11 +109,7 @@ def test_texture_shows_the_tumour_as_texture_not_brightness_in_that_sequence_onl
 
 
 def test_misplaced_sequence_shows_the_tumour_elsewhere_and_nothing_where_it_is() -> None:
-    plain, label = _case(1, size=32)
-    moved, same_label = _case(1, size=32, misplaced={"t2": 1.0})
-    np.testing.assert_array_equal(label, same_label)
-    for name in ("flair", "t1", "t1ce"):
-        np.testing.assert_array_equal(plain[name], moved[name])
+    plain, moved, label = _only_changes("t2", size=32, misplaced={"t2": 1.0})
     assert _region_visibility(plain["t2"], label)["WT"] > 0.9
     assert _region_visibility(moved["t2"], label)["WT"] < 0.75  # the true place looks like brain
     shifted = np.roll(label, 16, axis=1) > 0
