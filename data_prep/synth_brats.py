@@ -21,9 +21,8 @@ build a nonlinear feature (local contrast energy) to see it, and learns it slowl
 gives, per sequence, the share of cases in which that sequence shows the tumour in the wrong place
 (shifted by half the volume front to back) and nothing where it is: a clean sequence with a small
 ``misplaced`` share is a fast but partial shortcut, as a mostly-right modality is in classification.
-Case ``i`` of
-seed ``s`` is drawn from its own generator seeded by ``(s, i)``: it does not depend on how many
-cases are written.
+Case ``i`` of seed ``s`` is drawn from its own generator seeded by ``(s, i)``: it does not depend on
+how many cases are written.
 """
 
 from __future__ import annotations
