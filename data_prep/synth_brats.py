@@ -135,6 +135,15 @@ def _texture_sequences(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _misplaced_lesion(healthy: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The tissue map with the tumour half a volume away (front to back): what a misplacing sequence shows."""
+    shifted = np.roll(lesion, lesion.shape[1] // 2, axis=1)
+    moved = brain & (shifted >= _OEDEMA)
+    elsewhere = healthy.copy()
+    elsewhere[moved] = shifted[moved]
+    return elsewhere
+
+
 def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | None = None,
                contrast: dict[str, float] | None = None, texture: tuple[str, ...] = (),
                misplaced: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -166,9 +175,7 @@ def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | No
     lesion[necrosis] = _NECROSIS
     tissue_texture = 1.0 + 0.04 * _smooth_field(rng, size, 12)
     sign_rng, place_rng = rng.spawn(2)
-    elsewhere = healthy.copy()  # the same tumour half a volume away: what a misplacing sequence shows
-    shifted = np.roll(lesion, size // 2, axis=1)
-    elsewhere[brain & (shifted >= _OEDEMA)] = shifted[brain & (shifted >= _OEDEMA)]
+    elsewhere = _misplaced_lesion(healthy, lesion, brain) if any(misplaced.values()) else None
     images = {}
     for name in SEQUENCES:
         table = np.asarray(_INTENSITY[name], dtype=np.float32)
