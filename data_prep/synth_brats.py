@@ -21,6 +21,9 @@ build a nonlinear feature (local contrast energy) to see it, and learns it slowl
 gives, per sequence, the share of cases in which that sequence shows the tumour in the wrong place
 (shifted by half the volume front to back) and nothing where it is: a clean sequence with a small
 ``misplaced`` share is a fast but partial shortcut, as a mostly-right modality is in classification.
+One draw per case decides for every sequence, so sequences given the same share misplace the tumour
+in the same cases (a smaller share picks a subset of a larger one's cases): several clean sequences
+then make one consistent shortcut, wrong in the same cases, instead of correcting each other.
 Case ``i`` of seed ``s`` is drawn from its own generator seeded by ``(s, i)``: it does not depend on
 how many cases are written.
 """
@@ -176,11 +179,12 @@ def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | No
     tissue_texture = 1.0 + 0.04 * _smooth_field(rng, size, 12)
     sign_rng, place_rng = rng.spawn(2)
     elsewhere = _misplaced_lesion(healthy, lesion, brain) if any(misplaced.values()) else None
+    place = place_rng.random()  # one draw per case: sequences with the same share misplace together
     images = {}
     for name in SEQUENCES:
         table = np.asarray(_INTENSITY[name], dtype=np.float32)
         normal = table[healthy]
-        shown = elsewhere if place_rng.random() < misplaced[name] else lesion
+        shown = elsewhere if place < misplaced[name] else lesion
         difference = contrast[name] * (table[shown] - normal)
         if name in texture:
             signs = sign_rng.choice(np.array([-1.0, 1.0], dtype=np.float32), difference.shape)

@@ -128,6 +128,19 @@ def test_misplaced_share_picks_that_share_of_cases() -> None:
         _case(0, size=16, misplaced={"t2": 1.5})
 
 
+def test_misplaced_sequences_share_one_draw_per_case() -> None:
+    def moved(seed: int, shares: dict[str, float]) -> dict[str, bool]:
+        plain, _ = _case(seed, size=16)
+        changed, _ = _case(seed, size=16, misplaced=shares)
+        return {name: not np.array_equal(plain[name], changed[name]) for name in shares}
+
+    same = [moved(seed, {"t2": 0.5, "t1ce": 0.5}) for seed in range(12)]
+    assert all(m["t2"] == m["t1ce"] for m in same) and 0 < sum(m["t2"] for m in same) < 12
+    nested = [moved(seed, {"t2": 0.25, "t1ce": 0.75}) for seed in range(12)]
+    assert all(m["t1ce"] for m in nested if m["t2"])  # the smaller share's cases are among the larger's
+    assert sum(m["t1ce"] for m in nested) > sum(m["t2"] for m in nested)
+
+
 def test_noise_setting_sets_that_sequence_noise_std() -> None:
     quiet, label = _case(2, size=32, noise={"flair": 0.0})
     loud, _ = _case(2, size=32, noise={"flair": 0.3})

@@ -399,8 +399,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"size": 16, "cases": 8, "folds": 4, "channels": (4, 8, 16, 32), "epochs": 2,
                   "val_interval": 1, "warmup_epochs": 1, "batch_size": 2, "learning_rate": 0.05,
                   "head_learning_rate": 0.03},
-        "full": {"size": 24, "cases": 30, "folds": 5, "channels": (8, 16, 32, 64), "epochs": 30,
-                 "val_interval": 3, "warmup_epochs": 1, "batch_size": 2, "learning_rate": 0.05,
+        "full": {"size": 16, "cases": 30, "folds": 5, "channels": (8, 16, 32, 64), "epochs": 90,
+                 "val_interval": 9, "warmup_epochs": 1, "batch_size": 2, "learning_rate": 0.05,
                  "head_learning_rate": 0.03},
     },
     "shortcut": {

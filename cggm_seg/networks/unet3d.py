@@ -19,6 +19,10 @@ from torch import nn
 from cggm_seg.networks.heads import DEFAULT_ACT, ModalityHeads, segmentation_heads
 
 FUSION_MODES = ("concat", "sum")
+#: instance norm with a learnt scale and shift, as in MONAI's DynUNet and nnU-Net: without the shift
+#: every channel is standardised before its activation, so no feature can be "off" everywhere but on
+#: a small tumour, and some training seeds never get a region above threshold (docs/METHOD.md)
+DEFAULT_NORM: tuple = ("instance", {"affine": True})
 
 
 class ModalityEncoder(nn.Module):
@@ -126,7 +130,7 @@ class MultiModalUNet3D(nn.Module):
         out_channels: int = 3,
         channels: Sequence[int] = (16, 32, 64, 128),
         strides: Sequence[int] = (2, 2, 2),
-        norm: str | tuple = "instance",
+        norm: str | tuple = DEFAULT_NORM,
         act: str | tuple = DEFAULT_ACT,
         dropout: float = 0.0,
         fusion: str = "concat",
