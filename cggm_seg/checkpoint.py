@@ -255,9 +255,13 @@ def _load(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any failure to load means "not a checkpoint we can resume"
-        reason = (str(err).strip().splitlines() or [""])[0][:200]
-        logger.warning("resume: skipping %s: it does not load (%s: %s)", path, type(err).__name__, reason)
+        logger.warning("resume: skipping %s: it does not load (%s)", path, _first_line(err))
         return None
+
+
+def _first_line(err: Exception) -> str:
+    """``Type: message``, cut to its first line: torch's load errors run to pages."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
 
 
 def _check_identity(path: Path, checkpoint: Mapping, identity: Mapping[str, Any], allow_other: bool) -> None:
@@ -275,12 +279,40 @@ def _check_identity(path: Path, checkpoint: Mapping, identity: Mapping[str, Any]
         "over, or --allow_other_fold true to continue it anyway")
 
 
+def _check_weights(path: str | Path, weights: Mapping[str, Any], network: torch.nn.Module,
+                   setting: str) -> None:
+    """One error line when the state dict ``weights`` does not fit ``network``: another network wrote it."""
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    found = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    if not (missing or unexpected or reshaped):
+        return
+    kinds = ((missing, "weights missing"), (unexpected, "unexpected weights"), (reshaped, "of other shape"))
+    differences = [f"{len(names)} {what}, e.g. {names[0]}" for names, what in kinds if names]
+    raise UserError(
+        f"{setting}: {path} was written with another network_def ({'; '.join(differences)}); give the same "
+        "network settings it was trained with (brats_cggm before 0.5.0: --network_def#norm instance)")
+
+
+def check_network_fits(path: str | Path, network: torch.nn.Module, setting: str = "checkpoint") -> None:
+    """Before MONAI's ``CheckpointLoader`` loads ``path`` into ``network``: one clear line, not a page of
+    missing keys, when the file was written by another network (a bundle version, other channels)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which, in one line
+        raise UserError(f"{setting}: {path} does not load ({_first_line(err)})") from err
+    weights = state["network"] if "network" in state else state  # model.pt holds the state dict itself
+    _check_weights(path, weights, network, setting)
+
+
 def resume_checkpoint(ckpt_dir: str | Path, identity: Mapping[str, Any], resume: bool,
-                      allow_other: bool = False) -> str | None:
+                      allow_other: bool = False, network: torch.nn.Module | None = None) -> str | None:
     """The newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` that loads, or None to start from scratch.
 
     A checkpoint that does not load is skipped with one warning line naming it; one from a run on other
-    cases (see :func:`run_identity`) is refused unless ``allow_other``.
+    cases (see :func:`run_identity`) is refused unless ``allow_other``, and one whose weights do not fit
+    ``network`` (when given) is refused with one line.
     """
     if not resume:
         return None
@@ -288,6 +320,8 @@ def resume_checkpoint(ckpt_dir: str | Path, identity: Mapping[str, Any], resume:
         checkpoint = _load(path)
         if checkpoint is not None:
             _check_identity(path, checkpoint, identity, allow_other)
+            if network is not None:
+                _check_weights(path, checkpoint["network"], network, "resume")
             return str(path)
     return None
 

@@ -227,7 +227,7 @@ def test_resume_false_as_the_command_line_spells_it_starts_over(trained, dataset
 def test_amp_and_overwrite_false_as_the_command_line_spells_them(dataset, tmp_path):
     flow = workflow(["train.json"], dataset, tmp_path / "run", amp="false")
     assert flow.trainer.amp is False and flow.trainer.scaler is None and flow.evaluator.amp is False
-    (tmp_path / "run" / "model.pt").write_bytes(b"")
+    torch.save(flow.network_def.state_dict(), tmp_path / "run" / "model.pt")
     flow = workflow(["train.json", "evaluate.json"], dataset, tmp_path / "run", overwrite="false", fold=0)
     scores = flow.parser.get_parsed_content("eval_handlers")[2]
     assert scores.overwrite is False
@@ -245,6 +245,24 @@ def test_resuming_a_run_of_another_fold_is_refused_unless_allowed(trained, datas
     assert message.endswith("or --allow_other_fold true to continue it anyway")
     assert _files(out) == before  # refused before anything was written
     workflow(["train.json"], dataset, out, fold=1, allow_other_fold="true")
+
+
+@pytest.mark.slow
+def test_weights_of_another_network_def_are_one_line(trained, dataset, tmp_path):
+    """A run of brats_cggm before 0.5.0 (instance norm without scale and shift) against today's network."""
+    out = _copy(trained, tmp_path)
+    before = _files(out)
+    old_norm = {"network_def#norm": "instance"}
+    with pytest.raises(RuntimeError) as info:
+        workflow(["train.json", "evaluate.json"], dataset, out, fold=0, **old_norm).run()
+    assert str(user_error(info.value)).startswith(
+        f"checkpoint: {out / 'model.pt'} was written with another network_def (")
+    with pytest.raises(RuntimeError) as info:
+        workflow(["train.json"], dataset, out, **old_norm)
+    message = str(user_error(info.value))
+    assert message.startswith(f"resume: {out / 'checkpoint_epoch=1.pt'} was written with another network_def")
+    assert "unexpected weights" in message and "\n" not in message
+    assert _files(out) == before
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from cggm_seg.checkpoint import (
     RunRecord,
     SafeCheckpointSaver,
     StopOnNonFiniteLoss,
+    check_network_fits,
     resume_checkpoint,
     run_identity,
 )
@@ -114,9 +116,9 @@ def test_attaching_removes_what_an_interrupted_write_left(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- resuming
-def _checkpoint(path: Path, identity: dict) -> None:
-    torch.save({"network": {}, "run": {"identity": identity, "best_metric": 0.5, "best_metric_epoch": 1,
-                                       "best_model": {}}}, path)
+def _checkpoint(path: Path, identity: dict, network: torch.nn.Module | None = None) -> None:
+    run = {"identity": identity, "best_metric": 0.5, "best_metric_epoch": 1, "best_model": {}}
+    torch.save({"network": network.state_dict() if network else {}, "run": run}, path)
 
 
 def test_resume_skips_a_checkpoint_that_does_not_load_naming_it(tmp_path, caplog):
@@ -148,6 +150,41 @@ def test_resume_refuses_a_checkpoint_of_other_cases_unless_allowed(tmp_path):
     torch.save({"network": {}}, tmp_path / "checkpoint_epoch=2.pt")
     with pytest.raises(UserError, match="has no run record"):
         resume_checkpoint(tmp_path, moved, resume=True)
+
+
+def _net(affine: bool) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.InstanceNorm3d(2, affine=affine))
+
+
+def test_weights_of_another_network_are_one_line_naming_file_and_difference(tmp_path):
+    model = tmp_path / "model.pt"  # the best model: the state dict itself
+    torch.save(_net(affine=False).state_dict(), model)
+    check_network_fits(model, _net(affine=False))
+    with pytest.raises(UserError) as info:
+        check_network_fits(model, _net(affine=True))
+    assert str(info.value) == (
+        f"checkpoint: {model} was written with another network_def (2 weights missing, e.g. 1.bias); "
+        "give the same network settings it was trained with (brats_cggm before 0.5.0: "
+        "--network_def#norm instance)")
+    final = tmp_path / "checkpoint_final.pt"  # a training checkpoint: the weights under "network"
+    torch.save({"network": _net(affine=True).state_dict(), "optimizer": {}}, final)
+    with pytest.raises(UserError, match="2 unexpected weights, e.g. 1.bias"):
+        check_network_fits(final, _net(affine=False))
+    model.write_bytes(b"")
+    with pytest.raises(UserError, match=rf"^checkpoint: {re.escape(str(model))} does not load \(EOFError"):
+        check_network_fits(model, _net(affine=True))
+    wider = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.InstanceNorm3d(4, affine=True))
+    with pytest.raises(UserError, match="4 of other shape, e.g. 0.bias"):
+        check_network_fits(final, wider)
+
+
+def test_resume_refuses_weights_of_another_network(tmp_path):
+    identity = run_identity(SPLIT, 0, "d.json")
+    path = tmp_path / "checkpoint_epoch=1.pt"
+    _checkpoint(path, identity, _net(affine=False))
+    assert resume_checkpoint(tmp_path, identity, resume=True, network=_net(affine=False)) == str(path)
+    with pytest.raises(UserError, match=rf"^resume: {re.escape(str(path))} was written with another "):
+        resume_checkpoint(tmp_path, identity, resume=True, network=_net(affine=True))
 
 
 def test_the_run_record_restores_the_best_score(tmp_path):
