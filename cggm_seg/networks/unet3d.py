@@ -19,9 +19,9 @@ from torch import nn
 from cggm_seg.networks.heads import DEFAULT_ACT, ModalityHeads, segmentation_heads
 
 FUSION_MODES = ("concat", "sum")
-#: instance norm with a learnt scale and shift, as in MONAI's DynUNet and nnU-Net: without the shift
-#: every channel is standardised before its activation, so no feature can be "off" everywhere but on
-#: a small tumour, and some training seeds never get a region above threshold (docs/METHOD.md)
+#: instance norm with a learnt scale and shift, as in MONAI's DynUNet and nnU-Net: without them each
+#: channel's activation threshold is pinned at its mean over the volume, and some training seeds never
+#: lifted a tumour region above threshold (docs/METHOD.md)
 DEFAULT_NORM: tuple = ("instance", {"affine": True})
 
 
