@@ -7,9 +7,13 @@ whose text carries most of the sentiment — through the tasks' own MONAI bundle
 ``docs/BENCHMARK.md`` (scores mean ± std over seeds, modality reliance, head scores, step-time and
 peak-memory ratios against joint training) and PNG plots beside it in ``docs/benchmark/``.
 
-Runs go one at a time, seeds outermost, so slow drifts of a shared machine's load hit every method
-alike; each run is its own process (:mod:`cggm_seg.benchmark.run`). ``--quick`` shrinks everything
-to a CI smoke test of the whole pipeline; its numbers mean nothing.
+Each run is its own process (:mod:`cggm_seg.benchmark.run`), seeds outermost, so slow drifts of a
+shared machine's load hit every method alike. With ``--jobs N`` the seeds' run sequences go N at a
+time (one core and one torch thread each is the fast way to use a small CPU machine); the runs then
+share the machine, so their step times are not quoted: a cost pass follows, in which every method
+trains a few epochs alone, :data:`~cggm_seg.benchmark.timing.COST_REPEATS` times in turn, and the
+page quotes those.
+``--quick`` shrinks everything to a CI smoke test of the whole pipeline; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import json
 import logging
 import multiprocessing
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from cggm_seg.benchmark.run import child_main
 from cggm_seg.benchmark.tasks import SETTINGS, TASKS, Task
+from cggm_seg.benchmark.timing import COST_REPEATS
 from cggm_seg.bundle import bundle_dir
 
 logger = logging.getLogger(__name__)
@@ -97,50 +104,86 @@ def ordered_methods(task: Task, methods: list[str]) -> list[str]:
     return ordered
 
 
+class _Progress:
+    """Numbers the finished runs for the log, from whichever worker finishes them."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self._lock = threading.Lock()
+
+    def log(self, spec: dict[str, Any], task: Task, result: dict[str, Any], seconds: float) -> None:
+        with self._lock:
+            self.done += 1
+            what = (f"cost {result['iterations']} iterations" if result.get("cost_only") else
+                    f"validation {task.score_key} {result['scores']['val'][task.score_key]:.4f}, "
+                    f"test {result['scores']['test'][task.score_key]:.4f}")
+            logger.info("[%d/%d] %s %s seed %d: %s (%.0f s)", self.done, self.total, task.name,
+                        spec["variant"], spec["seed"], what, seconds)
+
+
+def _spec(task: Task, method: str, seed: int, setting: str, threads: int, bundles: Path, work: Path,
+          **extra: Any) -> dict[str, Any]:
+    runs = work / task.name / "runs"
+    source = task.variants()[method].init_from
+    return {
+        "task": task.name, "setting": setting, "variant": method, "seed": seed, "threads": threads,
+        "bundles": str(bundles), "data_dir": str(work / task.name / "data" / f"seed{seed}"),
+        "run_dir": str(runs / f"{method}_seed{seed}"),
+        "init_checkpoint": str(runs / f"{source}_seed{seed}" / "checkpoint_final.pt") if source else None,
+        **extra,
+    }
+
+
 def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting: str, threads: int,
-                  work: Path) -> tuple[list[Task], list[dict[str, Any]]]:
+                  work: Path, jobs: int = 1) -> tuple[list[Task], list[dict[str, Any]]]:
     """Run methods x seeds on every task, each seed on its own data set; the tasks and every run's result.
 
-    Seeds are outermost so slow drifts of a shared machine's load hit every method alike.
+    Each (seed, task) is one sequence of runs, the oracle after the run it starts from; ``jobs``
+    sequences run at once. With ``jobs`` > 1 the results also hold the cost pass's records.
     """
     classes = [TASKS[name] for name in task_names]
     bundles = snapshot_bundles([cls.bundle for cls in classes], work)
     tasks = [cls(SETTINGS[cls.name][setting], bundles) for cls in classes]
-    plan = [(seed, task, method) for seed in range(seeds) for task in tasks
-            for method in ordered_methods(task, methods)]
+    sequences = [(seed, task) for seed in range(seeds) for task in tasks]
+    cost_repeats = COST_REPEATS if jobs > 1 else 0
+    progress = _Progress(sum(len(ordered_methods(t, methods)) for _, t in sequences)
+                         + cost_repeats * len(tasks) * len(methods))
     context = _child_context(tasks)
-    results, prepared = [], set()
-    for number, (seed, task, method) in enumerate(plan, start=1):
-        data_dir = work / task.name / "data" / f"seed{seed}"
-        if (task.name, seed) not in prepared:
-            logger.info("writing the %s data of seed %d to %s", task.name, seed, data_dir)
-            task.prepare(data_dir, seed)
-            prepared.add((task.name, seed))
+
+    def run(spec: dict[str, Any], task: Task) -> dict[str, Any]:
         started = time.perf_counter()
-        runs = work / task.name / "runs"
-        source = task.variants()[method].init_from
-        spec = {
-            "task": task.name,
-            "setting": setting,
-            "variant": method,
-            "seed": seed,
-            "threads": threads,
-            "bundles": str(bundles),
-            "data_dir": str(data_dir),
-            "run_dir": str(runs / f"{method}_seed{seed}"),
-            "init_checkpoint": str(runs / f"{source}_seed{seed}" / "checkpoint_final.pt") if source else None,
-        }
         result = run_one(context, spec, Path(spec["run_dir"]))
-        results.append(result)
-        logger.info("[%d/%d] %s %s seed %d: validation %s %.4f, test %.4f (%.0f s)", number, len(plan),
-                    task.name, method, seed, task.score_key, result["scores"]["val"][task.score_key],
-                    result["scores"]["test"][task.score_key], time.perf_counter() - started)
+        progress.log(spec, task, result, time.perf_counter() - started)
+        return result
+
+    def sequence(seed: int, task: Task) -> list[dict[str, Any]]:
+        data_dir = work / task.name / "data" / f"seed{seed}"
+        logger.info("writing the %s data of seed %d to %s", task.name, seed, data_dir)
+        task.prepare(data_dir, seed)
+        return [run(_spec(task, method, seed, setting, threads, bundles, work, alone=jobs == 1), task)
+                for method in ordered_methods(task, methods)]
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(sequence, seed, task) for seed, task in sequences]
+        try:
+            results = [result for future in futures for result in future.result()]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    for repeat in range(cost_repeats):  # one at a time, methods in turn, so drifts hit each alike
+        for task in tasks:
+            for method in methods:
+                spec = _spec(task, method, 0, setting, threads, bundles, work,
+                             cost_epochs=task.setting["cost_epochs"])
+                spec["run_dir"] = str(work / task.name / "cost" / f"{method}_{repeat}")
+                results.append(run(spec, task))
     return tasks, results
 
 
 def load_runs(work: Path, task_names: list[str], setting: str) -> tuple[list[Task], list[dict[str, Any]]]:
     """The tasks and the finished runs' results of an earlier benchmark in ``work`` (nothing is trained)."""
-    results = [json.loads(path.read_text()) for path in sorted(work.glob("*/runs/*/result.json"))]
+    paths = sorted(work.glob("*/runs/*/result.json")) + sorted(work.glob("*/cost/*/result.json"))
+    results = [json.loads(path.read_text()) for path in paths]
     names = [name for name in task_names if any(r["task"] == name for r in results)]
     tasks = [TASKS[name](SETTINGS[name][setting], work / "bundles") for name in names]
     return tasks, [r for r in results if r["task"] in names]

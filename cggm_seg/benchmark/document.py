@@ -18,7 +18,7 @@ from typing import Any
 
 from cggm_seg.benchmark.stats import PairedDifference, paired_difference, plateaued, summary
 from cggm_seg.benchmark.tasks import STRONG_LAMBDA, Task
-from cggm_seg.benchmark.timing import WARMUP_STEPS, steady_state
+from cggm_seg.benchmark.timing import COST_REPEATS, WARMUP_STEPS, steady_state
 from cggm_seg.plots import grouped_bars, line_panels, robust_limits
 
 BASELINE = "joint"
@@ -76,16 +76,26 @@ METHOD_NOTES = """\
 1: one modality carries the model). **Weak head** is the weak modality's head score (utilisation
 metric) on the test split. **Step time** is the median wall time of a training iteration (forward,
 loss, backward, the method's handlers, optimizer step; first {warmup} iterations dropped), median
-over seeds; **peak memory** is the peak resident set above the level before training on a CPU (the
-CUDA allocator's peak on a GPU), median over seeds; both as a multiple of joint training's, measured
-in the same benchmark process on the same machine. Runs follow one another, so the step-time ratio
-is only as steady as the machine's load over the benchmark; `cggm-seg benchmark overhead`, which
-alternates joint and CGGM steps in one process, gives the cost to quote.
-""".replace("{warmup}", str(WARMUP_STEPS))
+over runs; **peak memory** is the peak resident set above the level before training on a CPU (the
+CUDA allocator's peak on a GPU), median over runs; both as a multiple of joint training's, measured
+in the same benchmark process on the same machine, and only on runs that had the machine to
+themselves: with `--jobs 1` the scored runs; with `--jobs N` (N runs at a time) a cost pass after
+them, in which every method trains a few epochs of seed 0 alone, {repeats} times, methods in turn.
+Runs follow one another, so the step-time ratio is only as steady as the machine's load over the
+benchmark; `cggm-seg benchmark overhead`, which alternates joint and CGGM steps in one process,
+gives the cost to quote.
+""".replace("{warmup}", str(WARMUP_STEPS)).replace("{repeats}", str(COST_REPEATS))
 
 
 def _runs(results: Sequence[dict[str, Any]], task: Task, method: str) -> list[dict[str, Any]]:
-    return [r for r in results if r["task"] == task.name and r["variant"] == method]
+    """The method's scored runs on the task (cost-only runs left out)."""
+    return [r for r in results
+            if r["task"] == task.name and r["variant"] == method and not r.get("cost_only")]
+
+
+def _timed(results: Sequence[dict[str, Any]], task: Task, method: str) -> list[dict[str, Any]]:
+    """The method's runs on the task that had the machine to themselves: the ones whose cost is quoted."""
+    return [r for r in results if r["task"] == task.name and r["variant"] == method and r.get("alone", True)]
 
 
 def _by_seed(runs: Sequence[dict[str, Any]], value) -> dict[int, float]:
@@ -122,19 +132,27 @@ def aggregate(results: Sequence[dict[str, Any]], task: Task, methods: Sequence[s
             "collapsed": sum(task.collapsed(r["scores"]["test"]) for r in runs),
             "drop": {m: summary([r["reliance"]["drop"][m] for r in runs]) for m in task.modalities},
             "top_share": _median_or_none(shares),
-            "step_s": statistics.median(statistics.median(steady_state(r["step_times"]) or r["step_times"])
-                                        for r in runs),
-            "peak_mib": statistics.median(r["peak_mib"] for r in runs),
+            **_cost(_timed(results, task, method)),
         }
     base = table.get(BASELINE)
     for entry in table.values():
-        entry["time_ratio"] = entry["step_s"] / base["step_s"] if base else None
-        has_memory = base is not None and base["peak_mib"] > 0
+        has_time = base is not None and entry["step_s"] is not None and base["step_s"] is not None
+        entry["time_ratio"] = entry["step_s"] / base["step_s"] if has_time else None
+        has_memory = base is not None and entry["peak_mib"] is not None and (base["peak_mib"] or 0) > 0
         entry["memory_ratio"] = entry["peak_mib"] / base["peak_mib"] if has_memory else None
         if base:
             entry["vs_joint"] = _paired(entry["test"], base["test"])
             entry["weak_head_vs_joint"] = _paired(entry["weak_head"]["test"], base["weak_head"]["test"])
     return table
+
+
+def _cost(runs: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Median over runs of the median steady-state step time, and the median peak memory."""
+    if not runs:
+        return {"step_s": None, "peak_mib": None}
+    return {"step_s": statistics.median(statistics.median(steady_state(r["step_times"]) or r["step_times"])
+                                        for r in runs),
+            "peak_mib": statistics.median(r["peak_mib"] for r in runs)}
 
 
 def _paired(method: Mapping[int, float], baseline: Mapping[int, float]) -> PairedDifference | None:
@@ -251,7 +269,7 @@ def plot_task(results: Sequence[dict[str, Any]], task: Task, table: Mapping[str,
         plots["validation"] = line_panels({f"{task.name}: validation {task.score_label}": validation},
                                           folder / f"{task.name}_validation.png", "epoch", task.score_label)
     seed = min(s for entry in table.values() for s in entry["seeds"])
-    runs = {r["variant"]: r for r in results if r["task"] == task.name and r["seed"] == seed}
+    runs = {method: run for method in table for run in _runs(results, task, method) if run["seed"] == seed}
     smooth = max(1, max(e["iterations"] for e in table.values()) // 15)
     for kind, label in CURVES.items():
         panels = {}
@@ -391,6 +409,7 @@ def write_benchmark(results: Sequence[dict[str, Any]], tasks: Sequence[Task], me
         conclusions += conclusion(task, table, check)
         numbers[task.name] = {"table": table, "headroom": check, "default": choose_default(table)}
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+    cost_only = sum(bool(r.get("cost_only")) for r in results)
     header = [
         "# Modality-balance benchmark", "",
         "Written by `cggm-seg benchmark`; rerun the command to reproduce or update it, do not edit by hand.",
@@ -398,10 +417,11 @@ def write_benchmark(results: Sequence[dict[str, Any]], tasks: Sequence[Task], me
           if quick else []),
         "",
         f"- Command: `{command}`",
-        f"- Machine: {machine['cpu']}, nproc {machine['nproc']}, {machine['threads']} torch thread(s) per run"
-        f"{gpu}; Python {machine['python']}, torch {machine['torch']}, MONAI {machine['monai']}",
+        f"- Machine: {machine['cpu']}, nproc {machine['nproc']}, {machine['threads']} torch thread(s) per "
+        f"run, {machine.get('jobs', 1)} run(s) at a time{gpu}; Python {machine['python']}, "
+        f"torch {machine['torch']}, MONAI {machine['monai']}",
         f"- Date: {datetime.date.today().isoformat()}; wall time {wall_s / 60:.1f} min for "
-        f"{len(results)} runs",
+        f"{len(results) - cost_only} scored runs" + (f" and {cost_only} cost-only runs" if cost_only else ""),
         "", "## Rules, fixed before the results", "", RULES,
         "## Results in one line per task", "", *conclusions, "",
         "## The answer", "", *answer(tasks, numbers), "",

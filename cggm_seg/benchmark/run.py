@@ -12,6 +12,9 @@ so every run starts from the same allocator state and its peak memory is its own
   graph is freed, so it changes neither their step time nor their peak memory;
 * held-out scores of the final weights with the bundle's ``evaluate.json``, modality reliance
   (:mod:`cggm_seg.metrics.reliance`) and the heads' held-out scores.
+
+Runs that shared the machine with other runs (``--jobs`` > 1) mark themselves ``alone: False``; the
+benchmark then takes step time and memory from short cost-only runs (:func:`measure_cost`) made alone.
 """
 
 from __future__ import annotations
@@ -141,51 +144,95 @@ def evaluate_split(task: Task, variant: Variant, overrides: dict[str, Any], data
     return result
 
 
+class _Training:
+    """A run's trainer, built from the bundle with the variant's overrides and every probe attached."""
+
+    def __init__(self, task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path,
+                 schedule: dict[str, Any] | None = None, init_checkpoint: Path | None = None) -> None:
+        self.overrides = variant_overrides(variant, seed)
+        self.parser = bundle_parser([task.train_config], {**task.train_overrides(data_dir, run_dir),
+                                                          **(schedule or {}), **self.overrides})
+        self.parser.get_parsed_content("initialize")
+        self.trainer = self.parser.get_parsed_content("trainer")
+        handler = self.parser.get_parsed_content("modulation_handler")
+        self.device = torch.device(self.parser.get_parsed_content("device"))
+        self.heads_handler = handler if isinstance(handler, ModalityHeadsHandler) else _monitor(self.parser)
+        if init_checkpoint is not None:
+            names = self.heads_handler.modality_names
+            weak = self.heads_handler.encoder_names[names.index(task.weak)]
+            load_encoder(self.trainer.network, init_checkpoint, weak)
+        self.timer = StepTimer(self.device)
+        self.timer.attach(self.trainer)
+        if self.heads_handler is not handler:
+            self.heads_handler.attach(self.trainer)
+        self.recorder = CurveRecorder(self.heads_handler)
+        self.recorder.attach(self.trainer)
+        self.validation = ValidationCurve(task.val_metric)
+        self.validation.attach(self.trainer, self.parser.get_parsed_content("validate#evaluator"))
+
+    def run(self) -> float:
+        """Train; the peak memory above the level before training, MiB."""
+        with PeakMemory(self.device) as memory:
+            self.trainer.run()
+        return memory.mib
+
+
 def train_and_measure(task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path,
-                      init_checkpoint: Path | None = None) -> dict[str, Any]:
+                      init_checkpoint: Path | None = None, alone: bool = True) -> dict[str, Any]:
     """Train ``variant`` on ``task`` with ``seed`` in ``run_dir``; everything the benchmark reports.
 
     ``init_checkpoint``: a finished run whose weak-modality encoder initialises this one (the oracle).
+    ``alone``: whether the run had the machine to itself, so that its step time and memory may be quoted.
     """
     started = time.perf_counter()
-    overrides = variant_overrides(variant, seed)
-    parser = bundle_parser([task.train_config], {**task.train_overrides(data_dir, run_dir), **overrides})
-    parser.get_parsed_content("initialize")
-    trainer = parser.get_parsed_content("trainer")
-    handler = parser.get_parsed_content("modulation_handler")
-    device = torch.device(parser.get_parsed_content("device"))
-    heads_handler = handler if isinstance(handler, ModalityHeadsHandler) else _monitor(parser)
-    if init_checkpoint is not None:
-        weak = heads_handler.encoder_names[heads_handler.modality_names.index(task.weak)]
-        load_encoder(trainer.network, init_checkpoint, weak)
-    timer = StepTimer(device)
-    timer.attach(trainer)
-    if heads_handler is not handler:
-        heads_handler.attach(trainer)
-    recorder = CurveRecorder(heads_handler)
-    recorder.attach(trainer)
-    validation = ValidationCurve(task.val_metric)
-    validation.attach(trainer, parser.get_parsed_content("validate#evaluator"))
-    with PeakMemory(device) as memory:
-        trainer.run()
+    training = _Training(task, variant, seed, data_dir, run_dir, init_checkpoint=init_checkpoint)
+    peak_mib = training.run()
     train_s = time.perf_counter() - started
-    splits = {split: evaluate_split(task, variant, overrides, data_dir, run_dir, split, heads_handler,
-                                    with_reliance=split == "test") for split in SPLITS}
+    splits = {split: evaluate_split(task, variant, training.overrides, data_dir, run_dir, split,
+                                    training.heads_handler, with_reliance=split == "test")
+              for split in SPLITS}
     return {
         "task": task.name,
         "variant": variant.name,
         "seed": seed,
+        "alone": alone,
         "scores": {split: result["scores"] for split, result in splits.items()},
         "reliance": splits["test"]["reliance"],
         "head_scores": {split: result["head_scores"] for split, result in splits.items()},
-        "validation_curve": {"epochs": validation.epochs, "values": validation.values},
-        "step_times": timer.times,
-        "peak_mib": memory.mib,
-        "curves": recorder.curves,
-        "iterations": trainer.state.iteration,
+        "validation_curve": {"epochs": training.validation.epochs, "values": training.validation.values},
+        "step_times": training.timer.times,
+        "peak_mib": peak_mib,
+        "curves": training.recorder.curves,
+        "iterations": training.trainer.state.iteration,
         "train_s": train_s,
         "total_s": time.perf_counter() - started,
-        "device": str(device),
+        "device": str(training.device),
+    }
+
+
+def measure_cost(task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path,
+                 epochs: int) -> dict[str, Any]:
+    """Step times and peak memory of ``epochs`` epochs of ``variant``, without validation or scoring.
+
+    For benchmarks whose runs share the machine (``--jobs`` > 1): their own timings are not quoted,
+    these are, taken while nothing else trains. The oracle's initial weights do not change its cost,
+    so they are not loaded.
+    """
+    started = time.perf_counter()
+    schedule = {"epochs": epochs, "val_interval": epochs + 1}
+    training = _Training(task, variant, seed, data_dir, run_dir, schedule=schedule)
+    peak_mib = training.run()
+    return {
+        "task": task.name,
+        "variant": variant.name,
+        "seed": seed,
+        "alone": True,
+        "cost_only": True,
+        "step_times": training.timer.times,
+        "peak_mib": peak_mib,
+        "iterations": training.trainer.state.iteration,
+        "total_s": time.perf_counter() - started,
+        "device": str(training.device),
     }
 
 
@@ -204,9 +251,12 @@ def child_main(spec: dict[str, Any], result_path: str, log_path: str) -> None:
         torch.set_num_threads(spec["threads"])
         task = TASKS[spec["task"]](SETTINGS[spec["task"]][spec["setting"]], Path(spec["bundles"]))
         variant = task.variants()[spec["variant"]]
-        init = Path(spec["init_checkpoint"]) if spec.get("init_checkpoint") else None
-        result = train_and_measure(task, variant, spec["seed"], Path(spec["data_dir"]), Path(spec["run_dir"]),
-                                   init)
+        data_dir, run_dir = Path(spec["data_dir"]), Path(spec["run_dir"])
+        if spec.get("cost_epochs"):
+            result = measure_cost(task, variant, spec["seed"], data_dir, run_dir, spec["cost_epochs"])
+        else:
+            init = Path(spec["init_checkpoint"]) if spec.get("init_checkpoint") else None
+            result = train_and_measure(task, variant, spec["seed"], data_dir, run_dir, init, spec["alone"])
         Path(result_path).write_text(json.dumps(result))
     except BaseException:
         traceback.print_exc()

@@ -25,6 +25,8 @@ from cggm_seg.errors import UserError
 #: first iterations of a run left out of every step-time statistic (lazy initialisation, allocator
 #: growth, cuDNN's algorithm search)
 WARMUP_STEPS = 2
+#: cost-only runs of each method per task when a benchmark's scored runs shared the machine
+COST_REPEATS = 3
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 

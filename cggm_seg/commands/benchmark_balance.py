@@ -29,6 +29,8 @@ def command_line(args: argparse.Namespace) -> str:
         *args.methods,
         "--threads",
         str(args.threads),
+        "--jobs",
+        str(args.jobs),
         "--out",
         str(args.out),
     ]
@@ -77,6 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "each other and make step times unstable)",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time (default 1). With N > 1 (e.g. one per core with --threads 1) the runs share "
+        "the machine, so their step times are not quoted: a cost pass follows in which every method "
+        "trains a few epochs alone",
+    )
+    parser.add_argument(
         "--rewrite-report",
         action="store_true",
         help="train nothing: rewrite the report from the finished runs in --work (after a change to the "
@@ -98,6 +108,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds: expected at least 1, got {args.seeds}")
     if args.threads < 1:
         raise UserError(f"--threads: expected at least 1, got {args.threads}")
+    if args.jobs < 1:
+        raise UserError(f"--jobs: expected at least 1, got {args.jobs}")
     if BASELINE not in args.methods:
         raise UserError(
             f"--methods: include '{BASELINE}': scores and costs are compared against joint training"
@@ -114,14 +126,15 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cggm-benchmark-") as scratch:
         work = args.work or Path(scratch)
-        tasks, results = run_benchmark(args.tasks, args.methods, args.seeds, setting, args.threads, work)
+        tasks, results = run_benchmark(args.tasks, args.methods, args.seeds, setting, args.threads, work,
+                                       args.jobs)
     written = write_benchmark(
         results,
         tasks,
         args.methods,
         args.out,
         command=command_line(args),
-        machine={**machine(), "threads": args.threads},
+        machine={**machine(), "threads": args.threads, "jobs": args.jobs},
         wall_s=time.perf_counter() - started,
         quick=args.quick,
     )
@@ -137,7 +150,7 @@ def _rewrite(args: argparse.Namespace, setting: str) -> int:
     if not results:
         raise UserError(f"--rewrite-report: no finished runs (*/runs/*/result.json) in {args.work}")
     written = write_benchmark(results, tasks, args.methods, args.out, command=command_line(args),
-                              machine={**machine(), "threads": args.threads},
+                              machine={**machine(), "threads": args.threads, "jobs": args.jobs},
                               wall_s=sum(r["total_s"] for r in results), quick=args.quick)
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
