@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cggm_seg import cli
+from cggm_seg.benchmark import balance
 from cggm_seg.benchmark.balance import ordered_methods, preload_modules
 from cggm_seg.benchmark.document import (
     ablation_table,
@@ -19,6 +20,7 @@ from cggm_seg.benchmark.document import (
     top_share,
 )
 from cggm_seg.benchmark.tasks import SETTINGS, TASKS, ShortcutTask
+from cggm_seg.benchmark.timing import COST_REPEATS
 
 MODALITIES = ("text", "audio", "vision")
 
@@ -66,6 +68,54 @@ def test_aggregate_pairs_seeds_and_prices_cost(task, results):
     assert table["cggm_magnitude"]["time_ratio"] == pytest.approx(1.5)
     assert table["cggm_magnitude"]["memory_ratio"] == pytest.approx(1.5)
     assert table["joint"]["top_share"] == pytest.approx(0.75)
+
+
+def test_cost_is_quoted_only_from_runs_made_alone(task, results):
+    shared = [{**r, "alone": False, "step_times": [9.0, 9.0, 5.0, 5.0], "peak_mib": 999.0} for r in results]
+    cost = [{"task": "shortcut", "variant": variant, "seed": 0, "alone": True, "cost_only": True,
+             "iterations": 4, "step_times": [9.0, 9.0, step, step], "peak_mib": peak}
+            for variant, step, peak in (("joint", 0.1, 100.0), ("joint", 0.3, 100.0), ("joint", 0.2, 100.0),
+                                        ("cggm_magnitude", 0.4, 120.0))]
+    table = aggregate(shared + cost, task, ["joint", "cggm_magnitude", "cggm_both"])
+    assert table["joint"]["step_s"] == pytest.approx(0.2)  # the median of the three cost runs
+    assert table["cggm_magnitude"]["time_ratio"] == pytest.approx(2.0)
+    assert table["cggm_magnitude"]["memory_ratio"] == pytest.approx(1.2)
+    assert table["joint"]["seeds"] == [0, 1, 2] and table["joint"]["iterations"] == 10  # scored runs only
+    # no run of cggm_both had the machine to itself: its cost is not quoted
+    assert table["cggm_both"]["time_ratio"] is None and table["cggm_both"]["memory_ratio"] is None
+    assert score_table(task, table)[-1].endswith("| — | — |")
+
+
+def test_parallel_sequences_keep_their_order_and_cost_runs_follow_alone(monkeypatch, tmp_path):
+    specs = []
+
+    def fake_run(context, spec, run_dir):
+        specs.append(spec)
+        if spec.get("cost_epochs"):
+            return {"task": spec["task"], "variant": spec["variant"], "seed": spec["seed"], "alone": True,
+                    "cost_only": True, "iterations": 1, "step_times": [0.1], "peak_mib": 1.0}
+        score = {"accuracy": 0.5, "f1_weighted": 0.5}
+        return {"task": spec["task"], "variant": spec["variant"], "seed": spec["seed"],
+                "alone": spec["alone"], "scores": {"val": score, "test": score}}
+
+    monkeypatch.setattr(balance, "run_one", fake_run)
+    monkeypatch.setattr(balance, "_child_context", lambda tasks: None)
+    monkeypatch.setattr(ShortcutTask, "prepare", lambda self, data_dir, seed: None)
+    methods = ["joint", "oracle", "unimodal_weak"]
+    _, results = balance.run_benchmark(["shortcut"], methods, 2, "quick", 1, tmp_path, jobs=2)
+    scored = [s for s in specs if not s.get("cost_epochs")]
+    for seed in (0, 1):
+        order = [s["variant"] for s in scored if s["seed"] == seed]
+        assert order == ["joint", "unimodal_weak", "oracle"]
+        assert all(s["alone"] is False for s in scored)
+    cost = specs[len(scored):]  # the cost pass starts after every scored run has finished
+    assert [s["variant"] for s in cost] == methods * COST_REPEATS
+    assert {s["cost_epochs"] for s in cost} == {SETTINGS["shortcut"]["quick"]["cost_epochs"]}
+    assert len({s["run_dir"] for s in cost}) == len(cost)  # each cost run its own folder
+    assert len(results) == len(specs)
+    specs.clear()
+    _, results = balance.run_benchmark(["shortcut"], methods, 1, "quick", 1, tmp_path / "one", jobs=1)
+    assert [s["alone"] for s in specs] == [True] * 3 and not any(s.get("cost_epochs") for s in specs)
 
 
 def test_top_share():
@@ -189,9 +239,11 @@ def test_bad_options(tmp_path, capsys, argv, message):
 @pytest.mark.slow
 def test_quick_benchmark_writes_the_report(tmp_path):
     out = tmp_path / "docs" / "BENCHMARK.md"
-    assert cli.main(["benchmark", "--quick", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    work = ["--work", str(tmp_path / "work"), "--jobs", "2"]  # two runs at a time, then the cost pass alone
+    assert cli.main(["benchmark", "--quick", "--out", str(out), *work]) == 0
     text = out.read_text()
     assert "`--quick` run" in text and "Command: `cggm-seg benchmark --quick --seeds 1" in text
+    assert "--threads 1 --jobs 2" in text and "1 torch thread(s) per run, 2 run(s) at a time" in text
     assert "## Rules, fixed before the results" in text
     methods = list(TASKS["brats"].variants())
     for task in ("brats", "shortcut"):
@@ -203,7 +255,8 @@ def test_quick_benchmark_writes_the_report(tmp_path):
     for method in methods:
         assert text.count(f"| {method} | ") == 2  # the score table of both tasks
     results = json.loads((out.parent / "benchmark" / "results.json").read_text())
-    assert len(results["runs"]) == 2 * len(methods)
+    assert len(results["runs"]) == 2 * len(methods) * (1 + COST_REPEATS)
+    assert f"for {2 * len(methods)} scored runs and {2 * len(methods) * COST_REPEATS} cost-only runs" in text
     joint = results["summary"]["brats"]["table"]["joint"]
     assert joint["time_ratio"] == 1.0 and joint["iterations"] == 4  # 4 training cases, batch 2, 2 epochs
     assert {"val", "test"} <= set(results["runs"][0]["scores"])
@@ -211,6 +264,6 @@ def test_quick_benchmark_writes_the_report(tmp_path):
     assert list((tmp_path / "work" / "brats" / "runs" / "cggm_both_seed0").glob("events.out.tfevents.*"))
     # the report can be rewritten from those runs without training again
     again = tmp_path / "again" / "BENCHMARK.md"
-    argv = ["benchmark", "--quick", "--out", str(again), "--work", str(tmp_path / "work"), "--rewrite-report"]
+    argv = ["benchmark", "--quick", "--out", str(again), *work, "--rewrite-report"]
     assert cli.main(argv) == 0
     assert again.read_text().split("## Rules")[1] == text.split("## Rules")[1]

@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rewrite-report",
         action="store_true",
         help="train nothing: rewrite the report from the finished runs in --work (after a change to the "
-        "report itself; the runs' numbers are used as they are)",
+        "report itself; the runs' numbers are used as they are, and the wall time is the sum of their "
+        "own times, more than the wall time of a run with --jobs above 1)",
     )
     parser.add_argument(
         "--work",
