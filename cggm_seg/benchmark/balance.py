@@ -123,6 +123,7 @@ class _Progress:
 
 def _spec(task: Task, method: str, seed: int, setting: str, threads: int, bundles: Path, work: Path,
           **extra: Any) -> dict[str, Any]:
+    """What a child process needs for one run; ``extra`` adds to it or replaces a default (``run_dir``)."""
     runs = work / task.name / "runs"
     source = task.variants()[method].init_from
     return {
@@ -173,9 +174,9 @@ def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting
     for repeat in range(cost_repeats):  # one at a time, methods in turn, so drifts hit each alike
         for task in tasks:
             for method in methods:
+                cost_dir = work / task.name / "cost" / f"{method}_{repeat}"
                 spec = _spec(task, method, 0, setting, threads, bundles, work,
-                             cost_epochs=task.setting["cost_epochs"])
-                spec["run_dir"] = str(work / task.name / "cost" / f"{method}_{repeat}")
+                             cost_epochs=task.setting["cost_epochs"], run_dir=str(cost_dir))
                 results.append(run(spec, task))
     return tasks, results
 

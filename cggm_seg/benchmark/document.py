@@ -87,15 +87,18 @@ gives the cost to quote.
 """.replace("{warmup}", str(WARMUP_STEPS)).replace("{repeats}", str(COST_REPEATS))
 
 
+def _of(results: Sequence[dict[str, Any]], task: Task, method: str) -> list[dict[str, Any]]:
+    return [r for r in results if r["task"] == task.name and r["variant"] == method]
+
+
 def _runs(results: Sequence[dict[str, Any]], task: Task, method: str) -> list[dict[str, Any]]:
     """The method's scored runs on the task (cost-only runs left out)."""
-    return [r for r in results
-            if r["task"] == task.name and r["variant"] == method and not r.get("cost_only")]
+    return [r for r in _of(results, task, method) if not r.get("cost_only")]
 
 
 def _timed(results: Sequence[dict[str, Any]], task: Task, method: str) -> list[dict[str, Any]]:
     """The method's runs on the task that had the machine to themselves: the ones whose cost is quoted."""
-    return [r for r in results if r["task"] == task.name and r["variant"] == method and r.get("alone", True)]
+    return [r for r in _of(results, task, method) if r.get("alone", True)]
 
 
 def _by_seed(runs: Sequence[dict[str, Any]], value) -> dict[int, float]:
