@@ -23,3 +23,11 @@ def _restore_root_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory):
+    """The project built as a wheel and installed in a fresh venv outside the checkout (one per session)."""
+    from installed_wheel import install_wheel
+
+    return install_wheel(tmp_path_factory.mktemp("wheel"))

@@ -199,6 +199,24 @@ def test_unreadable_file_is_named(tmp_path):
         score_folders(pred_dir, gt_dir)
 
 
+def test_fold_scores_only_that_folds_cases(tmp_path, capsys):
+    """``--fold K`` scores the datalist's fold K, as inference with the bundle's ``--fold K`` predicts it."""
+    pred_dir, gt_dir = _brats2021_root(tmp_path)
+    (pred_dir / "BraTS2021_00000.nii.gz").unlink()  # inference ran on fold 1 only
+    entries = [{"image": [f"{case}/{case}_flair.nii.gz"], "label": f"{case}/{case}_seg.nii.gz", "fold": fold,
+                "case_id": case} for fold, case in enumerate(("BraTS2021_00000", "BraTS2021_00001"))]
+    (gt_dir / "datalist.json").write_text(json.dumps({"training": entries}))
+    code, _, err = _run(capsys, "--pred", str(pred_dir), "--gt", str(gt_dir), "--fold", "1")
+    assert code == 0, err
+    rows = _read_csv(pred_dir / "brats_scores.csv")
+    assert [r["case_id"] for r in rows] == ["BraTS2021_00001"]
+    assert [float(rows[0][k]) for k in KEYS] == pytest.approx(EXPECTED["B"])
+    code, _, err = _run(capsys, "--pred", str(pred_dir), "--gt", str(gt_dir), "--fold", "3", "--force")
+    assert code == 2 and err.count("\n") == 1 and "no entry of 'training'" in err and "fold 3" in err
+    code, _, err = _run(capsys, "--pred", str(pred_dir), "--gt", str(gt_dir), "--datalist", "x.json")
+    assert code == 2 and "--datalist is read only with --fold" in err
+
+
 def test_missing_and_extra_predictions_are_listed(tmp_path, capsys):
     pred_dir, gt_dir = _brats2021_root(tmp_path)
     for case in ("BraTS2021_00000", "BraTS2021_00001"):

@@ -4,49 +4,18 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{args[:4]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    return result.stdout
+from installed_wheel import run as _run
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], Path]:
-    """(fresh venv, its environment, a working folder outside the checkout) with the wheel installed."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    wheels = tmp / "dist"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    build = ROOT / "build"
-    had_build = build.exists()
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-          str(ROOT)], tmp, env)
-    if not had_build:  # setuptools builds in the checkout; leave it as it was
-        shutil.rmtree(build, ignore_errors=True)
-    venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp, env)
-    python = venv / "bin" / "python"
-    target = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env)
-    # the dependencies (torch, MONAI, ...) come from this environment's site-packages as a plain path
-    # entry; path entries do not run its .pth files, so the checkout's editable install stays out
-    Path(target.strip(), "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    wheel = next(wheels.glob("cggm_seg-*.whl"))
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-          str(wheel)], tmp, env)
-    work = tmp / "work"
+@pytest.fixture
+def installed(installed_wheel, tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
+    """(the wheel's venv, its environment, a working folder outside the checkout)."""
+    work = tmp_path / "work"
     work.mkdir()
-    return venv, {**env, "PATH": f"{venv / 'bin'}:{env.get('PATH', '')}"}, work
+    return installed_wheel.venv, installed_wheel.env, work
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from cggm_seg.brats_labels import CONVENTIONS
+from cggm_seg.brats_labels import CONVENTIONS, case_id_from_filename
+from cggm_seg.bundle import select_entries
 from cggm_seg.errors import UserError
 from cggm_seg.io import check_new_outputs
 from cggm_seg.metrics.scoring import (
@@ -52,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "mm (default: 1)")
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="processes scoring cases in parallel (default: the CPU count, %(default)s)")
+    parser.add_argument("--fold", type=int,
+                        help="score only this fold's cases of the datalist (as the bundles' --fold picks "
+                             "them); without it every ground-truth case needs a prediction")
+    parser.add_argument("--datalist", type=Path,
+                        help="the datalist --fold reads (default: <gt>/datalist.json, as `cggm-seg prepare "
+                             "brats` writes it)")
     parser.add_argument("--force", action="store_true", help="overwrite existing CSV/JSON/PNG outputs")
 
 
@@ -69,6 +76,18 @@ def scheme_from_args(args: argparse.Namespace, convention: str) -> Scheme:
                   defaults.nsd_tolerance_mm if args.nsd_tolerance is None else args.nsd_tolerance)
 
 
+def fold_cases(args: argparse.Namespace) -> list[str] | None:
+    """The case ids ``--fold`` selects from the datalist, named as inference names its label maps (from
+    the first image's file name), or None for every case."""
+    if args.fold is None:
+        if args.datalist is not None:
+            raise UserError("--datalist is read only with --fold; add --fold K")
+        return None
+    datalist = args.datalist or args.gt / "datalist.json"
+    return [case_id_from_filename(entry["image"][0])
+            for entry in select_entries(datalist, args.gt, "training", args.fold)]
+
+
 def main(args: argparse.Namespace) -> int:
     """Score, write the CSV, JSON and box plots, print the summary table."""
     if args.workers < 1:
@@ -77,9 +96,10 @@ def main(args: argparse.Namespace) -> int:
     scheme = scheme_from_args(args, convention)
     csv_path = args.out or args.pred / "brats_scores.csv"
     summary_path, plots = output_paths(csv_path, scheme)
+    cases = fold_cases(args)
     check_new_outputs((csv_path, summary_path, *plots), args.force)  # fail before minutes of scoring
     logger.info("scoring with the %s scheme, %s labels, %d worker(s)", scheme.name, convention, args.workers)
-    rows = score_folders(args.pred, args.gt, convention, args.pred_convention, scheme, args.workers)
+    rows = score_folders(args.pred, args.gt, convention, args.pred_convention, scheme, args.workers, cases)
     summary = write_scores(rows, csv_path, summary_path, force=args.force, scheme=scheme)
     logger.info("wrote %s, %s and %d box plots", csv_path, summary_path, len(plots))
     print(format_summary(summary))

@@ -22,7 +22,7 @@ import io
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -367,8 +367,9 @@ def map_cases(function: Callable[..., dict], jobs: Sequence[tuple], workers: int
 
 def score_folders(pred_dir: Path, gt_dir: Path, convention: str = "brats2021",
                   pred_convention: str | None = None, scheme: Scheme | str = "brats2021",
-                  workers: int = 1) -> list[dict]:
-    """Per-case rows ``{"case_id", <scheme.metrics>...}`` for every ground-truth case, sorted by id.
+                  workers: int = 1, cases: Collection[str] | None = None) -> list[dict]:
+    """Per-case rows ``{"case_id", <scheme.metrics>...}`` for every ground-truth case (or only
+    ``cases``, e.g. one fold's), sorted by id.
 
     Every prediction needs a ground truth. A ground-truth case without a prediction is refused by
     ``brats2021`` (a partial inference run cannot pass for a full one); ``brats2023`` scores it as an
@@ -380,6 +381,11 @@ def score_folders(pred_dir: Path, gt_dir: Path, convention: str = "brats2021",
     gt_conv = get_convention(convention)
     pred_conv = get_convention(pred_convention or convention)
     gt_files, pred_files = find_ground_truth(Path(gt_dir)), find_predictions(Path(pred_dir))
+    if cases is not None:
+        unknown = sorted(set(cases) - gt_files.keys())
+        if unknown:
+            raise UserError(f"case(s) without ground truth in {gt_dir}: {', '.join(unknown)}")
+        gt_files = {case_id: gt_files[case_id] for case_id in cases}
     extra = sorted(pred_files.keys() - gt_files.keys())
     missing = sorted(gt_files.keys() - pred_files.keys())
     if missing and not scheme.lesionwise:
