@@ -1,3 +1,3 @@
 """cggm_seg: Classifier-Guided Gradient Modulation for multimodal MONAI training."""
 
-__version__ = "0.1.0"
+__version__ = "0.6.0"

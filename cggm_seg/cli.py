@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from cggm_seg.errors import UserError
 
@@ -42,25 +43,34 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "report": ("PNG plots and a slice montage for a training run", _C + "report"),
 }
 
-#: old spellings, rewritten before parsing: `benchmark [options]` is `benchmark balance`, `bench overhead` is
-#: `benchmark overhead`
+#: deprecated spellings (since 0.6.0, removed in 0.7.0), rewritten with a warning before parsing:
+#: `benchmark [options]` is `benchmark balance`, `bench overhead` is `benchmark overhead`
 _DEFAULT_SUBCOMMAND = {"benchmark": "balance"}
 _RENAMED = {"bench": "benchmark"}
+_REMOVED_IN = "0.7.0"
 
 
 def _canonical(argv: list[str]) -> list[str]:
-    """``argv`` with the old spellings replaced by the current ones."""
+    """``argv`` with the deprecated spellings replaced by the current ones, each with a warning."""
     words = [i for i, a in enumerate(argv) if not a.startswith("-")]
     if not words:
         return argv
     first = words[0]
+    if argv[first] in _RENAMED:
+        _deprecated(f"`cggm-seg {argv[first]}`", f"`cggm-seg {_RENAMED[argv[first]]}`")
     argv = [*argv[:first], _RENAMED.get(argv[first], argv[first]), *argv[first + 1:]]
     default = _DEFAULT_SUBCOMMAND.get(argv[first])
     group = COMMANDS.get(argv[first])
     following = argv[first + 1] if first + 1 < len(argv) else None
     if default and isinstance(group, dict) and following not in group and following not in ("-h", "--help"):
+        _deprecated(f"`cggm-seg {argv[first]}` without a subcommand", f"`cggm-seg {argv[first]} {default}`")
         argv = [*argv[:first + 1], default, *argv[first + 1:]]
     return argv
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated since 0.6.0 and will be removed in {_REMOVED_IN}; use {new}",
+                  FutureWarning, stacklevel=3)
 
 
 def _leaf_parser(parent: argparse._SubParsersAction, name: str, entry: tuple[str, str],

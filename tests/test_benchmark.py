@@ -232,7 +232,7 @@ def test_paper_rows_pin_the_paper_estimators_whatever_the_bundle_defaults(tmp_pa
                                                (["--seeds", "0"], "--seeds: expected at least 1"),
                                                (["--work", "."], "is not empty; give a new folder")])
 def test_bad_options(tmp_path, capsys, argv, message):
-    assert cli.main(["benchmark", "--quick", "--out", str(tmp_path / "B.md"), *argv]) == 2
+    assert cli.main(["benchmark", "balance", "--quick", "--out", str(tmp_path / "B.md"), *argv]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -240,9 +240,9 @@ def test_bad_options(tmp_path, capsys, argv, message):
 def test_quick_benchmark_writes_the_report(tmp_path):
     out = tmp_path / "docs" / "BENCHMARK.md"
     work = ["--work", str(tmp_path / "work"), "--jobs", "2"]  # two runs at a time, then the cost pass alone
-    assert cli.main(["benchmark", "--quick", "--out", str(out), *work]) == 0
+    assert cli.main(["benchmark", "balance", "--quick", "--out", str(out), *work]) == 0
     text = out.read_text()
-    assert "`--quick` run" in text and "Command: `cggm-seg benchmark --quick --seeds 1" in text
+    assert "`--quick` run" in text and "Command: `cggm-seg benchmark balance --quick --seeds 1" in text
     assert "--threads 1 --jobs 2" in text and "1 torch thread(s) per run, 2 run(s) at a time" in text
     assert "## Rules, fixed before the results" in text
     methods = list(TASKS["brats"].variants())
@@ -264,6 +264,6 @@ def test_quick_benchmark_writes_the_report(tmp_path):
     assert list((tmp_path / "work" / "brats" / "runs" / "cggm_both_seed0").glob("events.out.tfevents.*"))
     # the report can be rewritten from those runs without training again
     again = tmp_path / "again" / "BENCHMARK.md"
-    argv = ["benchmark", "--quick", "--out", str(again), *work, "--rewrite-report"]
+    argv = ["benchmark", "balance", "--quick", "--out", str(again), *work, "--rewrite-report"]
     assert cli.main(argv) == 0
     assert again.read_text().split("## Rules")[1] == text.split("## Rules")[1]

@@ -6,7 +6,12 @@ import pytest
 import torch
 from toy_multimodal import GradSnapshot, cggm, make_models, make_trainer, toy_data
 
-from cggm_seg.cggm import balance_coefficients, level_coefficients, share_coefficients, windowed_improvement
+from cggm_seg.cggm_math import (
+    balance_coefficients,
+    level_coefficients,
+    share_coefficients,
+    windowed_improvement,
+)
 from cggm_seg.errors import UserError
 from cggm_seg.metrics.brats import soft_dice
 from cggm_seg.metrics.tasks import true_class_probability

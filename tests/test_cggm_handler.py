@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from toy_multimodal import GradSnapshot, accuracy, cggm, make_models, make_trainer, toy_data
 
-from cggm_seg.cggm import balance_coefficients, balancing_term, flat_cosine
+from cggm_seg.cggm_math import balance_coefficients, balancing_term, flat_cosine
 from cggm_seg.errors import UserError
 from cggm_seg.modulation import CGGMHandler, ClipGradNorm, modulation_scalars
 
@@ -270,7 +270,7 @@ def test_gradient_accumulation_is_refused():
 def test_handler_state_dict_is_a_deep_copy_safe_snapshot():
     _, heads = make_models()
     handler = cggm(heads)
-    handler.previous_utilisation = torch.tensor([0.3, 0.7])
+    handler.history = [torch.tensor([0.3, 0.7])]
     state = copy.deepcopy(handler.state_dict())
     other = cggm(make_models(seed=1)[1])
     other.load_state_dict(state)

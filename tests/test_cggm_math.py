@@ -1,9 +1,9 @@
-"""CGGM maths against values computed by hand (CGGM_SPEC.md formulas)."""
+"""CGGM maths against values computed by hand (the paper's formulas, as docs/METHOD.md states them)."""
 
 import pytest
 import torch
 
-from cggm_seg.cggm import balance_coefficients, balancing_term, flat_cosine, smoothed_utilisation
+from cggm_seg.cggm_math import balance_coefficients, balancing_term, flat_cosine, smoothed_utilisation
 
 
 def t(*values):

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = bundle_dir("brats_cggm") / "configs" / "train.json"
 LAYOUT = "brats2021"
-# The targets: CGGM may cost at most 25% per step; a BraTS volume infers in under 1 s (H100, AMP).
+# Targets: CGGM may cost at most 25% per step; a BraTS volume infers in under 1 s (H100, AMP).
 TARGETS = {"step_time_ratio_max": 1.25, "inference_s_per_case_max": 1.0}
 MIB = 2**20
 

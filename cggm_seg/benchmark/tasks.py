@@ -387,7 +387,7 @@ class MosiTask(SequenceTask):
 
 
 TASKS: dict[str, type[Task]] = {"brats": BratsTask, "shortcut": ShortcutTask, "mosi": MosiTask}
-#: the tasks a plain `cggm-seg benchmark` runs: the two built to have headroom
+#: the tasks `cggm-seg benchmark balance` runs by default: the two built to have headroom
 DEFAULT_TASKS = ("brats", "shortcut")
 
 #: the shortcut task's audio: complete but slow to learn (the class is in each step's energy, not its mean)

@@ -1,4 +1,4 @@
-"""`cggm-seg benchmark balance` (plain `cggm-seg benchmark` too): methods x seeds x tasks -> BENCHMARK.md."""
+"""`cggm-seg benchmark balance`: methods x seeds x tasks -> BENCHMARK.md."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ DEFAULT_OUT = Path("docs/BENCHMARK.md")
 
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, every choice spelled out."""
-    words = ["cggm-seg", "benchmark"] + (["--quick"] if args.quick else [])
+    words = ["cggm-seg", "benchmark", "balance"] + (["--quick"] if args.quick else [])
     words += [
         "--seeds",
         str(args.seeds),

@@ -316,8 +316,7 @@ def _one_torch_thread() -> Iterator[None]:
     """Run the block on one torch thread, then restore the count.
 
     Scoring runs only small torch ops (MONAI's Dice and HD95 on cropped boxes), where intra-op
-    threads cost more than they give: on a loaded 2-core machine (load average 3.7) brats2021 took
-    22 s for 20 full-size cases with 2 threads and 8 s with 1.
+    threads cost more than they give, most of all when several workers share the cores.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

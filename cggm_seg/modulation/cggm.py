@@ -1,6 +1,6 @@
 """``CGGMHandler``: Classifier-Guided Gradient Modulation on MONAI's ``SupervisedTrainer``.
 
-The maths is in :mod:`cggm_seg.cggm`; ``docs/METHOD.md`` states the algorithm, every setting and
+The maths is in :mod:`cggm_seg.cggm_math`; ``docs/METHOD.md`` states the algorithm, every setting and
 where it follows or departs from the paper and the authors' code.
 """
 
@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
-from cggm_seg.cggm import (
+from cggm_seg.cggm_math import (
     COEFFICIENT_RULES,
     DEFAULT_SUM_TOLERANCE,
     balance_coefficients,
@@ -70,8 +70,8 @@ class CGGMHandler(GradientModulationHandler):
         improvement_window: ``d_i`` is the change of the (smoothed) utilisation over this many
             iterations; 1 = paper.
         coefficient_rule: ``"paper"`` (``(S - d_i)/S``), ``"share"`` (bounded, mean 1:
-            :func:`~cggm_seg.cggm.share_coefficients`) or ``"level"`` (from the heads' smoothed
-            losses: :func:`~cggm_seg.cggm.level_coefficients`).
+            :func:`~cggm_seg.cggm_math.share_coefficients`) or ``"level"`` (from the heads' smoothed
+            losses: :func:`~cggm_seg.cggm_math.level_coefficients`).
         direction_scale: ``"absolute"`` (paper: ``L + lambda L_gm``) or ``"relative"``
             (``L + lambda L.detach() L_gm``, so the balancing term shrinks with the task loss).
         apply_to: ``"gradient"`` (paper: encoder gradients times ``rho B_i``) or ``"update"``
@@ -256,10 +256,6 @@ class CGGMHandler(GradientModulationHandler):
         """The last smoothed utilisation, the EMA's base (``u^0 = 0`` before the first iteration)."""
         return self.history[-1] if self.history else torch.zeros(len(self.encoder_names))
 
-    @previous_utilisation.setter
-    def previous_utilisation(self, value: torch.Tensor) -> None:
-        self.history = [value]
-
     def state_dict(self) -> dict[str, Any]:
         state = {**super().state_dict(), "previous_utilisation": self.previous_utilisation.cpu()}
         if self.history:
@@ -269,7 +265,7 @@ class CGGMHandler(GradientModulationHandler):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores the state of :meth:`state_dict`; a checkpoint without the history (cggm-seg 0.1)
+        """Restores the state of :meth:`state_dict`; a state saved before any history was kept
         continues from its ``previous_utilisation``."""
         super().load_state_dict(state)
         history = state.get("utilisation_history")
