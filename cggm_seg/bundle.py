@@ -1,12 +1,11 @@
 """Where the bundles are, and the small functions their configs call: datalist folds, the checkpoint
-to evaluate, output names, command-line overrides (resuming is in :mod:`cggm_seg.checkpoint`).
+to evaluate, output names (resuming is in :mod:`cggm_seg.checkpoint`).
 
 Kept out of the JSON so each piece has a docstring, a test and a clear error message.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.resources
 import json
 import logging
@@ -112,14 +111,17 @@ def fold_split(datalist: str | Path, dataset_dir: str | Path, fold: int) -> tupl
 
 
 def select_entries(datalist: str | Path, dataset_dir: str | Path, key: str = "training",
-                   fold: int | None = None) -> list[dict]:
-    """Entries of list ``key`` (all of them, or only fold ``fold``) for evaluation or inference."""
+                   fold: int | None = None, setting: str = "fold") -> list[dict]:
+    """Entries of list ``key`` for evaluation or inference: all of them when ``fold`` is None, else those
+    of fold ``fold``; a fold without entries is a one-line error naming the config id ``setting``."""
     entries = _entries(datalist, dataset_dir, key)
     if fold is None:
         return entries
     chosen = [e for e in entries if int(e.get("fold", -1)) == fold]
     if not chosen:
-        raise UserError(f"fold: no entry of {key!r} in {datalist} has fold {fold}")
+        folds = sorted({int(e["fold"]) for e in entries if "fold" in e})
+        raise UserError(f"{setting}: no entry of {key!r} in {datalist} has fold {fold!r} (folds {folds}; "
+                        f"None selects every entry)")
     return chosen
 
 
@@ -146,12 +148,15 @@ def region_output(index: int) -> Callable[[Any], tuple[list, list]]:
     return transform
 
 
-def trained_checkpoint(ckpt_dir: str | Path, setting: str = "checkpoint") -> str:
+def trained_checkpoint(ckpt_dir: str | Path, setting: str = "checkpoint", required: bool = True) -> str:
     """The weights evaluation and inference load, and a log line saying which.
 
     ``model.pt`` (best validation score) when there is one, else ``checkpoint_final.pt``: a run that
     stopped before its first validation (``epochs < val_interval``) still has trained weights. Neither
-    is a one-line error naming the config id ``setting``.
+    is a one-line error naming the config id ``setting``; with ``required=False`` it is the path
+    ``model.pt`` will have, for a ``CheckpointLoader`` that is built before anything is trained and is
+    never run (MONAI FL disables the bundle's loaders and sends the weights itself), so that whoever
+    loads the file checks it.
     """
     best, final = Path(ckpt_dir) / BEST_MODEL, Path(ckpt_dir) / FINAL_CHECKPOINT
     if best.is_file():
@@ -161,17 +166,7 @@ def trained_checkpoint(ckpt_dir: str | Path, setting: str = "checkpoint") -> str
         logger.info("%s: %s (final weights; no %s, training stopped before its first validation)",
                     setting, final, BEST_MODEL)
         return str(final)
+    if not required:
+        return str(best)
     raise UserError(f"{setting}: neither {BEST_MODEL} nor {FINAL_CHECKPOINT} in {ckpt_dir} "
                     f"(train first, or pass --{setting} PATH)")
-
-
-def bundle_override(text: str) -> tuple[str, Any]:
-    """``ID=JSON`` command-line override -> (id, value); a value that is not JSON stays a string, so bundle
-    expressions such as ``$torch.bfloat16`` pass through."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected ID=JSON, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value

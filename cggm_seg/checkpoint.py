@@ -8,8 +8,8 @@ replaces only afterwards. A resume (:func:`resume_checkpoint`) takes the newest 
 skipping broken ones with a warning, and refuses one trained on other cases. Each checkpoint also holds
 a :class:`RunRecord` (that identity and the best validation score, so a resume cannot replace
 ``model.pt`` with a worse model) and the :class:`RandomStates`, so a resumed run draws the same
-batches and augmentations as the uninterrupted one. :class:`StopOnNonFiniteLoss` keeps NaN weights
-out of all of them.
+batches and augmentations as the uninterrupted one.
+(:class:`cggm_seg.stop_on_nonfinite.StopOnNonFiniteLoss` keeps NaN weights out of all of them.)
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.engines import Workflow
-from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver
 from monai.transforms import Randomizable
 
@@ -334,30 +332,3 @@ def log_resume(resume_from: str | None, resume: bool, ckpt_dir: str | Path) -> b
         logger.info("resume: %s; training starts from scratch",
                     f"no complete checkpoint in {ckpt_dir}" if resume else "off")
     return True
-
-
-# ----------------------------------------------------------------------------------- non-finite loss
-class StopOnNonFiniteLoss:
-    """Stop training with a clear error when the loss is NaN or infinite, before the optimizer applies it.
-
-    Checked after ``backward()`` (``BACKWARD_COMPLETED``), when the loss holds every term the
-    modulation handlers added and the weights are still untouched: a NaN step would make every
-    weight NaN, and training would go on saving them. Under DDP the ranks agree, so all of them stop.
-    """
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        loss = engine.state.output["loss"].detach()
-        bad = (~torch.isfinite(loss)).any().float()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(bad)
-        if bad.item():
-            value = loss.item() if loss.numel() == 1 else "not finite"
-            finite_here = bool(torch.isfinite(loss).all())
-            where = "another rank's loss is not finite" if finite_here else f"the loss is {value}"
-            raise UserError(
-                f"training: {where} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
-                "stopped before the weights took the step (check the images for NaN/Inf with `cggm-seg "
-                "prepare brats`, or lower learning_rate)")

@@ -143,7 +143,7 @@ def test_brats2021_regions_by_hand():
 def test_bundle_override_parses_json_and_keeps_expressions():
     import argparse
 
-    from cggm_seg.bundle import bundle_override
+    from cggm_seg.commands.options import bundle_override
 
     assert bundle_override("coeff_clip=[0, 2]") == ("coeff_clip", [0, 2])
     assert bundle_override("amp=false") == ("amp", False)

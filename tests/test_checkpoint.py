@@ -24,12 +24,12 @@ from cggm_seg.checkpoint import (
     RandomStates,
     RunRecord,
     SafeCheckpointSaver,
-    StopOnNonFiniteLoss,
     check_network_fits,
     resume_checkpoint,
     run_identity,
 )
 from cggm_seg.errors import UserError
+from cggm_seg.stop_on_nonfinite import StopOnNonFiniteLoss
 from data_prep.brats_datalist import write_datalist
 from data_prep.synth_brats import write_brats_dataset
 

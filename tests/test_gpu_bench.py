@@ -29,7 +29,7 @@ def test_size_and_settings_parse_like_the_command_line() -> None:
     for bad in ("240,240", "a,b,c", "0,1,1"):
         with pytest.raises(argparse.ArgumentTypeError):
             benchmark_gpu.parse_shape(bad)
-    # --set uses the shared cggm_seg.bundle.bundle_override (tested in test_bundle_helpers.py)
+    # --set uses the shared cggm_seg.commands.options.bundle_override (tested in test_bundle_helpers.py)
     args = _parse(["--set", "network_def#channels=[4,8]", "--set", "amp=false"])
     assert args.set == [("network_def#channels", [4, 8]), ("amp", False)]
 

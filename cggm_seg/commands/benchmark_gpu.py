@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from cggm_seg.benchmark.gpu import DEFAULT_CONFIG, run
-from cggm_seg.bundle import bundle_override
+from cggm_seg.commands.options import bundle_override
 from cggm_seg.errors import UserError
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from monai.bundle import run as run_bundle
 
-from cggm_seg.bundle import bundle_dir, bundle_override
+from cggm_seg.bundle import bundle_dir
+from cggm_seg.commands.options import bundle_override
 from cggm_seg.errors import UserError
 from cggm_seg.io import write_json
 from cggm_seg.metrics.scoring import format_summary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cggm_seg.bundle import bundle_override
+from cggm_seg.commands.options import bundle_override
 from cggm_seg.errors import UserError
 from cggm_seg.report import DEFAULT_CONFIG, montage, plot_curves, read_scalars
 
