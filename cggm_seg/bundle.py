@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,17 +73,18 @@ def _first_image(entries: list) -> str | None:
 def datalist_base(datalist: str | Path, dataset_dir: str | Path, entries: list) -> str:
     """The folder the datalist's relative paths start from.
 
-    Its own folder, as MONAI's ``load_decathlon_datalist`` reads it; or ``dataset_dir`` for datalists
-    written by older cggm-seg versions (paths relative to the BraTS root), so those keep working.
-    The first entry's image decides; neither folder holding it is a one-line error.
+    Its own folder, as MONAI's ``load_decathlon_datalist`` reads it; or, deprecated since 0.6.0 and
+    removed in 0.7.0, ``dataset_dir`` for datalists written before 0.2.0 (paths relative to the BraTS
+    root). The first entry's image decides; neither folder holding it is a one-line error.
     """
     own = Path(os.path.abspath(datalist)).parent  # lexical, as MONAI joins
     first = _first_image(entries)
     if first is None or (own / first).exists():
         return str(own)
     if (Path(dataset_dir) / first).exists():
-        logger.warning("datalist: %s lists paths relative to dataset_dir %s, not to its own folder as MONAI "
-                       "reads them; `cggm-seg prepare brats` rewrites it", datalist, dataset_dir)
+        warnings.warn(f"datalist: {datalist} lists paths relative to dataset_dir {dataset_dir}, not to "
+                      "its own folder as MONAI reads them (deprecated since 0.6.0, refused from 0.7.0): "
+                      "rewrite it with `cggm-seg prepare brats`", FutureWarning, stacklevel=2)
         return str(dataset_dir)
     raise UserError(f"datalist: {datalist} lists {first}, which is neither under the datalist's folder {own} "
                     f"nor under dataset_dir {dataset_dir}")

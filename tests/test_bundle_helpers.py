@@ -59,21 +59,22 @@ def test_datalist_errors_name_the_setting(datalist, tmp_path):
         datalist_convention(broken)
 
 
-def test_datalist_paths_start_at_its_own_folder_and_old_ones_at_dataset_dir(datalist, tmp_path, caplog):
+def test_datalist_paths_start_at_its_own_folder_and_old_ones_at_dataset_dir(datalist, tmp_path, recwarn):
     moved = tmp_path / "lists" / "datalist.json"
     moved.parent.mkdir()
     content = json.loads(datalist.read_text())
-    moved.write_text(json.dumps(content))  # paths relative to the BraTS root: an older cggm-seg datalist
-    assert fold_split(moved, tmp_path, 1)[1][0]["image"] == [str(tmp_path / "c1" / "f.nii.gz")]
-    assert "relative to dataset_dir" in caplog.text
+    moved.write_text(json.dumps(content))  # paths relative to the BraTS root: a datalist from before 0.2.0
+    deprecated = r"relative to dataset_dir .* \(deprecated since 0.6.0, refused from 0.7.0\)"
+    with pytest.warns(FutureWarning, match=deprecated):
+        assert fold_split(moved, tmp_path, 1)[1][0]["image"] == [str(tmp_path / "c1" / "f.nii.gz")]
 
     for entry in content["training"]:  # relative to the datalist's folder, as MONAI reads them
         entry["image"] = [f"../{entry['image'][0]}"]
     moved.write_text(json.dumps(content))
-    caplog.clear()
+    recwarn.clear()
     other = tmp_path / "lists"  # dataset_dir no longer matters
     assert fold_split(moved, other, 1)[1][0]["image"] == [str(tmp_path / "c1" / "f.nii.gz")]
-    assert "relative to dataset_dir" not in caplog.text
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
 
     (tmp_path / "c0" / "f.nii.gz").unlink()
     with pytest.raises(UserError, match=r"datalist: .* lists \.\./c0/f.nii.gz, which is neither under"):

@@ -4,6 +4,9 @@ CGGM scales the gradients of each modality's encoder separately, so every input 
 gets its own encoder (``encoders[i]`` sees only channel i). The per-level features of the
 M encoders are fused, decoded with skip connections and projected by ``output_layer``;
 fusion, decoder and output layer together are the paper's fusion module Omega.
+
+The network compiles with ``torch.jit.script`` (``python -m monai.bundle ckpt_export`` with its
+defaults), so its forward code keeps to what TorchScript accepts.
 """
 
 from __future__ import annotations
@@ -72,11 +75,20 @@ class LevelFusion(nn.Module):
                 Convolution(3, num_modalities * c, c, kernel_size=1, conv_only=True) for c in channels
             )
 
-    def forward(self, features_per_modality: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
-        per_level = list(zip(*features_per_modality, strict=True))
+    def forward(self, features_per_modality: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        levels = len(features_per_modality[0])
         if self.mode == "sum":
-            return [torch.stack(maps).sum(dim=0) for maps in per_level]
-        return [mixer(torch.cat(maps, dim=1)) for mixer, maps in zip(self.mixers, per_level, strict=True)]
+            return [torch.stack([f[k] for f in features_per_modality]).sum(dim=0) for k in range(levels)]
+        return [mixer(torch.cat([f[k] for f in features_per_modality], dim=1))
+                for k, mixer in enumerate(self.mixers)]
+
+
+@torch.jit.interface
+class _UpBlock(nn.Module):
+    """What the decoder calls on each ``UnetUpBlock``: lets TorchScript pick the block by level."""
+
+    def forward(self, inp: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        pass
 
 
 class UNetDecoder(nn.Module):
@@ -107,10 +119,13 @@ class UNetDecoder(nn.Module):
             for k, s in enumerate(strides)
         )
 
-    def forward(self, fused: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, fused: list[torch.Tensor]) -> torch.Tensor:
         x = fused[-1]
-        for k in reversed(range(len(self.blocks))):
-            x = self.blocks[k](x, fused[k])
+        # TorchScript indexes a ModuleList with a loop variable only through a module interface, whose
+        # ``forward`` is called directly: hooks registered on the blocks themselves would not run
+        for k in range(len(self.blocks) - 1, -1, -1):
+            block: _UpBlock = self.blocks[k]
+            x = block.forward(x, fused[k])
         return x
 
 
@@ -172,7 +187,7 @@ class MultiModalUNet3D(nn.Module):
                 f"MultiModalUNet3D expects input [B, {self.in_modalities}, D, H, W], got {list(x.shape)}."
             )
         spatial = list(x.shape[2:])
-        if any(s % self.size_divisor for s in spatial):
+        if any([s % self.size_divisor != 0 for s in spatial]):  # a list: TorchScript has no generators
             raise ValueError(
                 f"MultiModalUNet3D needs every spatial size divisible by {self.size_divisor} "
                 f"(the product of strides), got spatial size {spatial}."
