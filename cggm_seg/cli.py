@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "brats": ("validate a BraTS folder and write a k-fold datalist JSON", _C + "prepare_brats"),
     },
     "evaluate": ("BraTS scores (2021 volume, 2023 lesion-wise) of a folder of label maps", _C + "evaluate"),
+    "compare": ("paired comparison of scored runs: is B better than A on the same cases?", _C + "compare"),
     "benchmark": {
         "balance": ("methods x seeds x tasks: does balancing help?", _C + "benchmark_balance"),
         "overhead": ("step time and memory of CGGM against joint training", _C + "benchmark_overhead"),

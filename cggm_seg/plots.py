@@ -95,6 +95,28 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, tuple[Sequence[floa
     return _save(fig, path)
 
 
+def paired_scatter(panels: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, xlabel: str,
+                   ylabel: str) -> Path:
+    """One subplot per panel (``title -> (x, y)``, one point per case) with the line ``y = x``: points
+    above it are cases where the y run scored higher."""
+    if not panels:
+        raise ValueError("paired_scatter: nothing to plot")
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, (title, (x, y)) in zip(axes.flat, panels.items()):
+        lo, hi = float(min(min(x), min(y))), float(max(max(x), max(y)))
+        ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.8)
+        ax.scatter(x, y, s=12, color=PALETTE[0])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
