@@ -112,18 +112,23 @@ def fold_split(datalist: str | Path, dataset_dir: str | Path, fold: int) -> tupl
     return [e for e in entries if int(e["fold"]) != fold], [e for e in entries if int(e["fold"]) == fold]
 
 
+#: the fold value that selects every entry; ``python -m monai.bundle run`` drops overrides that are None
+ALL_FOLDS = "all"
+
+
 def select_entries(datalist: str | Path, dataset_dir: str | Path, key: str = "training",
-                   fold: int | None = None, setting: str = "fold") -> list[dict]:
-    """Entries of list ``key`` for evaluation or inference: all of them when ``fold`` is None, else those
-    of fold ``fold``; a fold without entries is a one-line error naming the config id ``setting``."""
+                   fold: int | str | None = None, setting: str = "fold") -> list[dict]:
+    """Entries of list ``key`` for evaluation or inference: those of fold ``fold``, or all of them when
+    ``fold`` is None or ``"all"``; a fold without entries is a one-line error naming the config id
+    ``setting``."""
     entries = _entries(datalist, dataset_dir, key)
-    if fold is None:
+    if fold is None or fold == ALL_FOLDS:
         return entries
     chosen = [e for e in entries if int(e.get("fold", -1)) == fold]
     if not chosen:
         folds = sorted({int(e["fold"]) for e in entries if "fold" in e})
-        raise UserError(f"{setting}: no entry of {key!r} in {datalist} has fold {fold!r} (folds {folds}; "
-                        f"None selects every entry)")
+        raise UserError(f"{setting}: no entry of {key!r} in {datalist} has fold {fold!r} (folds {folds}, "
+                        f"or {ALL_FOLDS!r} for every entry)")
     return chosen
 
 

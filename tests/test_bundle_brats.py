@@ -128,13 +128,43 @@ def test_missing_datalist_and_bad_fold_are_clear(tmp_path, dataset):
     assert str(user_error(info.value)).startswith("fold: 7 is not in the datalist")
 
 
-@pytest.mark.parametrize("config", [["train.json", "evaluate.json"], ["inference.json"]])
-def test_evaluate_and_infer_without_checkpoint_name_it(tmp_path, dataset, config):
+def test_evaluate_and_infer_without_checkpoint_name_it(tmp_path, dataset):
+    empty = tmp_path / "empty"
     with pytest.raises(RuntimeError) as info:
-        workflow(config, dataset, tmp_path / "empty").run()
-    message = str(user_error(info.value))
-    assert message == (f"checkpoint: neither model.pt nor checkpoint_final.pt in {tmp_path / 'empty'} "
-                       "(train first, or pass --checkpoint PATH)")
+        workflow(["inference.json"], dataset, empty).run()
+    assert str(user_error(info.value)) == (f"checkpoint: neither model.pt nor checkpoint_final.pt in {empty} "
+                                           "(train first, or pass --checkpoint PATH)")
+    # evaluation builds its loader without weights (MONAI FL never runs it) and checks the file it loads
+    with pytest.raises(RuntimeError) as info:
+        workflow(["train.json", "evaluate.json"], dataset, empty).run()
+    assert str(user_error(info.value)).startswith(f"checkpoint: {empty / 'model.pt'} does not ")
+
+
+def test_evaluation_scores_training_validation_fold_unless_told_otherwise(dataset, tmp_path):
+    """``eval_fold`` is ``fold`` for the ``training`` list (the cases training validated on, as MONAI's
+    ``validate#evaluator``), ``all`` (or null) scores every case; any other ``data_list_key`` is scored
+    whole."""
+    content = json.loads((dataset / "datalist.json").read_text())
+    entries = content["training"]
+
+    def cases(**overrides) -> list[str]:
+        flow = workflow(["train.json", "evaluate.json"], dataset, tmp_path / "run", **overrides)
+        return sorted(entry["case_id"] for entry in flow.val_dataset_data)
+
+    def fold(k: int) -> list[str]:
+        return sorted(entry["case_id"] for entry in entries if entry["fold"] == k)
+
+    assert cases() == fold(0) and cases(fold=1) == fold(1) and cases(eval_fold=1) == fold(1)
+    assert cases(eval_fold="all") == cases(eval_fold=None) == sorted(entry["case_id"] for entry in entries)
+    testing = [{**e, "image": [str(dataset / p) for p in e["image"]], "label": str(dataset / e["label"])}
+               for e in entries if e["fold"] == 1]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({**content, "testing": testing}))
+    assert cases(datalist=str(datalist), data_list_key="testing") == fold(1)
+    with pytest.raises(RuntimeError) as info:
+        cases(eval_fold=7)
+    assert str(user_error(info.value)) == (f"eval_fold: no entry of 'training' in {dataset / 'datalist.json'}"
+                                           " has fold 7 (folds [0, 1], or 'all' for every entry)")
 
 
 @pytest.mark.slow
@@ -145,9 +175,7 @@ def test_monai_bundle_run_reports_a_user_error_as_one_line(tmp_path, dataset):
                              "--dataset_dir", str(dataset), "--output_dir", str(tmp_path / "empty")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.splitlines()[-1] == (
-        f"error: checkpoint: neither model.pt nor checkpoint_final.pt in {tmp_path / 'empty'} "
-        "(train first, or pass --checkpoint PATH)")
+    assert result.stderr.splitlines()[-1].startswith(f"error: checkpoint: {tmp_path / 'empty' / 'model.pt'} ")
 
 
 def test_training_stopped_before_validation_evaluates_its_final_weights(dataset, tmp_path, capsys):
@@ -229,7 +257,7 @@ def test_amp_and_overwrite_false_as_the_command_line_spells_them(dataset, tmp_pa
     assert flow.trainer.amp is False and flow.trainer.scaler is None and flow.evaluator.amp is False
     torch.save(flow.network_def.state_dict(), tmp_path / "run" / "model.pt")
     flow = workflow(["train.json", "evaluate.json"], dataset, tmp_path / "run", overwrite="false", fold=0)
-    scores = flow.parser.get_parsed_content("eval_handlers")[2]
+    scores = flow.parser.get_parsed_content("validate#handlers")[2]
     assert scores.overwrite is False
 
 

@@ -93,7 +93,7 @@ def test_existing_outputs_are_kept(data, tmp_path, one_thread):
     assert isinstance(cause, UserError) and "model.pt already exists" in str(cause)
     with pytest.raises(RuntimeError) as err:
         _workflow("mosi_cggm", ["train.json", "evaluate.json"], data["mosi_cggm"], tmp_path / "empty").run()
-    assert str(err.value.__cause__).startswith("checkpoint: neither model.pt nor checkpoint_final.pt in ")
+    assert str(err.value.__cause__).startswith(f"checkpoint: {tmp_path / 'empty' / 'model.pt'} does not ")
 
 
 @pytest.mark.slow

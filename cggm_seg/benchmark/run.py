@@ -59,13 +59,16 @@ class CurveRecorder:
 
 
 def bundle_parser(configs: Sequence[Path], overrides: dict[str, Any]) -> ConfigParser:
-    """The bundle's config with ``overrides`` and without the handlers that only print to the console."""
+    """The bundle's config with ``overrides``, the handlers that only print to the console disabled (not
+    removed: the bundles refer to some handlers by position)."""
     parser = ConfigParser()
     parser.read_config([str(c) for c in configs])
     parser.update(overrides)
-    for key in ("train_handlers", "eval_handlers"):
-        if key in parser.config:
-            parser[key] = [h for h in parser[key] if h.get("_target_") not in CONSOLE_HANDLERS]
+    for key in ("train_handlers", "validate#handlers"):
+        if key in parser:
+            for handler in parser[key]:
+                if handler.get("_target_") in CONSOLE_HANDLERS:
+                    handler["_disabled_"] = True
     return parser
 
 
@@ -88,7 +91,7 @@ def _monitor(parser: ConfigParser) -> HeadMonitor:
 
 
 def _batches(parser: ConfigParser, evaluator: Any) -> Iterator[tuple[Any, torch.Tensor]]:
-    for batch in parser.get_parsed_content("eval_loader"):
+    for batch in parser.get_parsed_content("val_loader"):
         yield evaluator.prepare_batch(batch, evaluator.state.device, False)
 
 
@@ -126,7 +129,7 @@ def evaluate_split(task: Task, variant: Variant, overrides: dict[str, Any], data
     """Scores of the final weights and of the heads on ``split``; on request also the reliance."""
     parser = bundle_parser([task.train_config, task.eval_config],
                            {**task.eval_overrides(data_dir, run_dir, split), **overrides})
-    evaluator = parser.get_parsed_content("evaluator")
+    evaluator = parser.get_parsed_content("validate#evaluator")
     network = parser.get_parsed_content("network")
     encoders, names = heads_handler.encoder_names, heads_handler.modality_names
     if variant.method == "unimodal":  # the same blanking as in training, as a user's evaluation must do

@@ -9,7 +9,7 @@ are paired: every method sees the same data and the same initial weights.
 
 Both tasks are built so that joint training can leave accuracy on the table: one modality is a
 fast but partial shortcut, another is needed for the rest and is slower to learn. Whether that
-headroom is real is measured (:func:`headroom` in :mod:`cggm_seg.benchmark.document`), not assumed.
+headroom is real is measured (:func:`headroom` in :mod:`cggm_seg.benchmark.aggregation`), not assumed.
 """
 
 from __future__ import annotations
@@ -225,14 +225,14 @@ class BratsTask(Task):
     def eval_overrides(self, data_dir: Path, run_dir: Path, split: str) -> dict[str, Any]:
         return {
             **self.train_overrides(data_dir, run_dir),
-            "fold": self.FOLDS[split],
+            "eval_fold": self.FOLDS[split],
             "checkpoint": str(run_dir / "checkpoint_final.pt"),
             "eval_dir": str(run_dir / f"eval_{split}"),
             "overwrite": True,
         }
 
     def scores(self, parser: Any, evaluator: Any) -> dict[str, float]:
-        handlers = parser.get_parsed_content("eval_handlers")
+        handlers = parser.get_parsed_content("validate#handlers")
         handler = next(h for h in handlers if isinstance(h, BratsScoreHandler))
         summary = summarise(handler.rows)
         return {key: summary[key] for key in self.score_keys}
@@ -301,7 +301,7 @@ class SequenceTask(Task):
         }
 
     def scores(self, parser: Any, evaluator: Any) -> dict[str, float]:
-        metrics = evaluator.state.metrics["scores"]
+        metrics = evaluator.state.metrics["val"]
         return {key: float(metrics[key]) for key in self.score_keys}
 
 

@@ -105,6 +105,7 @@ def run_demo(
         dataset_dir=str(test_dir),
         output_dir=str(run_dir),
         eval_dir=str(out / "eval"),
+        eval_fold="all",  # every case of the test set's datalist, not a fold of it
         **overrides,
     )
 

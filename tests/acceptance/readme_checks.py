@@ -154,6 +154,15 @@ def check_folder_scores(words, work, stdout, changed):
     assert len(rows) == len(list(pred.glob("*.nii.gz"))), f"{table}: {len(rows)} rows"
 
 
+def check_comparison(words, work, stdout, changed):
+    out = work / option(words, "--out", "compare.json")
+    assert {out.resolve(), out.with_suffix(".png").resolve()} <= changed, f"{out} or its plot not written"
+    comparisons = json.loads(out.read_text())["comparisons"]
+    inside = [c["low"] - 1e-9 <= c["mean_difference"] <= c["high"] + 1e-9 for c in comparisons]
+    assert comparisons and all(inside), comparisons
+    assert all(0.0 <= c["p_value"] <= 1.0 for c in comparisons), comparisons
+
+
 def check_demo(words, work, stdout, changed):
     out = work / option(words, "--out", "demo_output")
     summary = json.loads(written(changed, out, "summary.json")[0].read_text())
@@ -172,12 +181,16 @@ def check_nothing(words, work, stdout, changed):
     """Exit status only: the rule for commands no other rule knows."""
 
 
+#: ``cggm-seg`` subcommand (and sub-subcommand) -> its check
+CGGM_SEG_RULES = {("prepare", "brats"): check_prepare_brats, ("bundle", "path"): check_bundle_path,
+                  ("evaluate",): check_folder_scores, ("demo",): check_demo, ("compare",): check_comparison}
+
+
 def rule_for(words: list[str]) -> Callable:
     """The check for a command, by what it runs."""
-    program, rest = Path(words[0]).name, words[1:3]
+    program = Path(words[0]).name
     if program == "cggm-seg":
-        return {("prepare", "brats"): check_prepare_brats, ("bundle", "path"): check_bundle_path}.get(
-            tuple(rest), {"evaluate": check_folder_scores, "demo": check_demo}.get(rest[0], check_nothing))
+        return CGGM_SEG_RULES.get(tuple(words[1:3]), CGGM_SEG_RULES.get(tuple(words[1:2]), check_nothing))
     if program in ("cat", "head", "tail", "ls"):
         return check_prints
     if "monai.bundle" not in words:
