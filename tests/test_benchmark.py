@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from cggm_seg import cli
 from cggm_seg.benchmark import balance
-from cggm_seg.benchmark.balance import ordered_methods, preload_modules
-from cggm_seg.benchmark.document import (
-    ablation_table,
+from cggm_seg.benchmark.aggregation import (
     aggregate,
-    answer,
     choose_default,
     headroom,
-    score_table,
-    task_section,
+    mean_curve,
+    summarise,
     top_share,
 )
+from cggm_seg.benchmark.balance import ordered_methods, preload_modules
+from cggm_seg.benchmark.document import ablation_table, answer, score_table, task_section
+from cggm_seg.benchmark.records import Curve, RunRecord
 from cggm_seg.benchmark.tasks import SETTINGS, TASKS, ShortcutTask
 from cggm_seg.benchmark.timing import COST_REPEATS
 
@@ -28,12 +30,17 @@ MODALITIES = ("text", "audio", "vision")
 def run(variant, seed, val, test, weak_val=0.6, weak_test=0.6, drops=(0.3, 0.1, 0.0), step=0.1, peak=100.0):
     heads = {split: {"text": 0.8, "audio": weak, "vision": 0.3}
              for split, weak in (("val", weak_val), ("test", weak_test))}
-    return {"task": "shortcut", "variant": variant, "seed": seed, "iterations": 10,
-            "scores": {"val": {"accuracy": val, "f1_weighted": val},
-                       "test": {"accuracy": test, "f1_weighted": test}},
-            "reliance": {"drop": dict(zip(MODALITIES, drops))}, "head_scores": heads,
-            "validation_curve": {"epochs": [1, 2], "values": [val - 0.1, val]},
-            "step_times": [9.0, 9.0] + [step] * 5, "peak_mib": peak}
+    return RunRecord(task="shortcut", variant=variant, seed=seed, iterations=10,
+                     scores={"val": {"accuracy": val, "f1_weighted": val},
+                             "test": {"accuracy": test, "f1_weighted": test}},
+                     reliance={"drop": dict(zip(MODALITIES, drops))}, head_scores=heads,
+                     validation_curve=Curve([1, 2], [val - 0.1, val]),
+                     step_times=[9.0, 9.0] + [step] * 5, peak_mib=peak, total_s=1.0, device="cpu")
+
+
+def cost_run(variant, step, peak):
+    return RunRecord(task="shortcut", variant=variant, seed=0, cost_only=True, iterations=4,
+                     step_times=[9.0, 9.0, step, step], peak_mib=peak, total_s=1.0, device="cpu")
 
 
 @pytest.fixture
@@ -71,9 +78,8 @@ def test_aggregate_pairs_seeds_and_prices_cost(task, results):
 
 
 def test_cost_is_quoted_only_from_runs_made_alone(task, results):
-    shared = [{**r, "alone": False, "step_times": [9.0, 9.0, 5.0, 5.0], "peak_mib": 999.0} for r in results]
-    cost = [{"task": "shortcut", "variant": variant, "seed": 0, "alone": True, "cost_only": True,
-             "iterations": 4, "step_times": [9.0, 9.0, step, step], "peak_mib": peak}
+    shared = [replace(r, alone=False, step_times=[9.0, 9.0, 5.0, 5.0], peak_mib=999.0) for r in results]
+    cost = [cost_run(variant, step, peak)
             for variant, step, peak in (("joint", 0.1, 100.0), ("joint", 0.3, 100.0), ("joint", 0.2, 100.0),
                                         ("cggm_magnitude", 0.4, 120.0))]
     table = aggregate(shared + cost, task, ["joint", "cggm_magnitude", "cggm_both"])
@@ -91,12 +97,12 @@ def test_parallel_sequences_keep_their_order_and_cost_runs_follow_alone(monkeypa
 
     def fake_run(context, spec, run_dir):
         specs.append(spec)
+        common = {"task": spec["task"], "variant": spec["variant"], "seed": spec["seed"], "iterations": 1,
+                  "peak_mib": 1.0, "total_s": 1.0, "device": "cpu"}
         if spec.get("cost_epochs"):
-            return {"task": spec["task"], "variant": spec["variant"], "seed": spec["seed"], "alone": True,
-                    "cost_only": True, "iterations": 1, "step_times": [0.1], "peak_mib": 1.0}
+            return RunRecord(**common, cost_only=True, step_times=[0.1])
         score = {"accuracy": 0.5, "f1_weighted": 0.5}
-        return {"task": spec["task"], "variant": spec["variant"], "seed": spec["seed"],
-                "alone": spec["alone"], "scores": {"val": score, "test": score}}
+        return RunRecord(**common, alone=spec["alone"], scores={"val": score, "test": score})
 
     monkeypatch.setattr(balance, "run_one", fake_run)
     monkeypatch.setattr(balance, "_child_context", lambda tasks: None)
@@ -124,13 +130,50 @@ def test_top_share():
     assert top_share({"a": 0.0, "b": -0.1}) is None
 
 
+def test_validation_curves_are_averaged_over_seeds_once(task, results):
+    curve = mean_curve([replace(results[0], validation_curve=Curve([3, 6, 9], [0.1, 0.2, 0.3])),
+                        replace(results[6], validation_curve=Curve([4, 8], [0.3, 0.4])),
+                        replace(results[12], validation_curve=Curve([], []))])
+    assert curve.epochs == [3, 6] and curve.values == pytest.approx([0.2, 0.3])  # cut to the shortest
+    assert mean_curve([replace(results[0], validation_curve=Curve([], []))]) is None
+    numbers = summarise(results, task, ["joint", "cggm_magnitude", "mslr"])
+    assert set(numbers.validation) == {"joint", "cggm_magnitude"}
+    assert numbers.validation["joint"].values == pytest.approx([0.72, 0.82])
+
+
+RESULTS_JSON = Path(__file__).resolve().parents[1] / "docs" / "benchmark" / "results.json"
+
+
+def test_results_json_reads_back_into_records_and_the_same_numbers():
+    """The published runs load as records, are saved again key for key, and give the published summary
+    (cost aside: results.json keeps no step times, so nothing read back from it is priced)."""
+    published = json.loads(RESULTS_JSON.read_text())
+    records = [RunRecord.from_dict(r) for r in published["runs"]]
+    assert [r.saved() for r in records] == published["runs"]
+    assert sum(r.cost_only for r in records) and not any(r.step_times or r.curves for r in records)
+    cost = ("step_s", "peak_mib", "time_ratio", "memory_ratio")
+    for name, expected in published["summary"].items():
+        task = TASKS[name](SETTINGS[name]["full"])
+        numbers = summarise(records, task, list(expected["table"]))
+        assert numbers.default == expected["default"]
+        assert numbers.headroom["passed"] == expected["headroom"]["passed"]
+        for method, entry in numbers.table.items():
+            saved = expected["table"][method]
+            assert entry["seeds"] == saved["seeds"] and entry["collapsed"] == saved["collapsed"]
+            assert entry["test_scores"][task.score_key].mean == pytest.approx(
+                saved["test_scores"][task.score_key]["mean"])
+            assert entry["vs_joint"].mean == pytest.approx(saved["vs_joint"]["mean"])
+            assert entry["vs_joint"].verdict == saved["vs_joint"]["verdict"]
+            assert all(entry[key] is None for key in cost)
+
+
 def test_headroom_needs_both_the_weak_head_and_the_oracle(task, results):
     methods = ["joint", "unimodal_weak", "oracle"]
     check = headroom(task, aggregate(results, task, methods))
     assert check["passed"] and check["weak_head"].mean == pytest.approx(0.10)
-    no_gain = [r for r in results if r["variant"] != "oracle"]
-    no_gain += [run("oracle", r["seed"], r["scores"]["val"]["accuracy"] + d, 0.0)
-                for r, d in zip([r for r in results if r["variant"] == "joint"], (0.01, -0.01, 0.0))]
+    no_gain = [r for r in results if r.variant != "oracle"]
+    no_gain += [run("oracle", r.seed, r.scores["val"]["accuracy"] + d, 0.0)
+                for r, d in zip([r for r in results if r.variant == "joint"], (0.01, -0.01, 0.0))]
     failed = headroom(task, aggregate(no_gain, task, methods))
     assert not failed["passed"] and failed["oracle"].verdict == "inconclusive"
     assert headroom(task, aggregate(results, task, ["joint"]))["reason"]
@@ -155,28 +198,27 @@ def test_tables_show_intervals_and_verdicts(task, results):
 
 
 def test_section_names_requested_methods_that_did_not_run_on_the_task(task, results, tmp_path):
-    methods = ["joint", "cggm_magnitude", "cggm_both_robust_strong"]
-    table = aggregate(results, task, methods)
-    check = headroom(task, table)
-    lines = task_section(task, table, check, ([], []), {}, tmp_path, [m for m in methods if m not in table])
+    numbers = summarise(results, task, ["joint", "cggm_magnitude", "cggm_both_robust_strong"])
+    assert numbers.missing == ["cggm_both_robust_strong"]
+    lines = task_section(task, numbers, {}, tmp_path)
     assert "- Not run on this task (no finished runs): `cggm_both_robust_strong`." in lines
-    assert not any("Not run" in line for line in task_section(task, table, check, ([], []), {}, tmp_path))
+    complete = replace(numbers, missing=[])
+    assert not any("Not run" in line for line in task_section(task, complete, {}, tmp_path))
 
 
 def test_answer_follows_the_rules(task, results):
     methods = ["joint", "unimodal_weak", "oracle", "cggm_magnitude", "cggm_magnitude_robust", "cggm_both"]
-    table = aggregate(results, task, methods)
-    passed = {"table": table, "headroom": headroom(task, table), "default": "cggm_magnitude"}
+    passed = replace(summarise(results, task, methods), default="cggm_magnitude")
     text = "\n".join(answer([task], {task.name: passed}))
     assert "above joint training on the test split of shortcut" in text
     assert "- magnitude, paper estimators (`cggm_magnitude`): shortcut above (+0.020)" in text
     assert "- both, paper estimators (`cggm_both`): shortcut below (-0.570)" in text
-    failed = {**passed, "headroom": {**passed["headroom"], "passed": False}}
+    failed = replace(passed, headroom={**passed.headroom, "passed": False})
     text = "\n".join(answer([task], {task.name: failed}))
     assert "**No CGGM setting is shown to improve on joint training here.** 0 of 1 tasks passed" in text
     assert "on those the CGGM default" not in text
     other = TASKS["brats"](SETTINGS["brats"]["quick"])
-    no_win = {**passed, "default": "cggm_both"}
+    no_win = replace(passed, default="cggm_both")
     text = "\n".join(answer([task, other], {task.name: no_win, other.name: failed}))
     assert ("1 of 2 tasks passed the headroom check; on those the CGGM default chosen on validation is not "
             "above joint training on the test split; on each task that failed it") in text

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cggm_seg.benchmark.records import RunRecord
 from cggm_seg.benchmark.run import child_main
 from cggm_seg.benchmark.tasks import SETTINGS, TASKS, Task
 from cggm_seg.benchmark.timing import COST_REPEATS
@@ -66,8 +67,8 @@ def _child_context(tasks: list[Task]) -> multiprocessing.context.BaseContext:
     return context
 
 
-def run_one(context: Any, spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """One run in a child process; its result dict, or an error quoting the end of its log."""
+def run_one(context: Any, spec: dict[str, Any], run_dir: Path) -> RunRecord:
+    """One run in a child process; its record, or an error quoting the end of its log."""
     run_dir.mkdir(parents=True, exist_ok=True)
     result, log = run_dir / "result.json", run_dir / "run.log"
     process = context.Process(target=child_main, args=(spec, str(result), str(log)))
@@ -79,7 +80,7 @@ def run_one(context: Any, spec: dict[str, Any], run_dir: Path) -> dict[str, Any]
             f"benchmark run {spec['task']}/{spec['variant']}/seed {spec['seed']} failed "
             f"(exit code {process.exitcode}); end of {log}:\n{tail}"
         )
-    return json.loads(result.read_text())
+    return RunRecord.from_dict(json.loads(result.read_text()))
 
 
 def snapshot_bundles(names: list[str], work: Path) -> Path:
@@ -111,12 +112,12 @@ class _Progress:
         self.total, self.done = total, 0
         self._lock = threading.Lock()
 
-    def log(self, spec: dict[str, Any], task: Task, result: dict[str, Any], seconds: float) -> None:
+    def log(self, spec: dict[str, Any], task: Task, result: RunRecord, seconds: float) -> None:
         with self._lock:
             self.done += 1
-            what = (f"cost {result['iterations']} iterations" if result.get("cost_only") else
-                    f"validation {task.score_key} {result['scores']['val'][task.score_key]:.4f}, "
-                    f"test {result['scores']['test'][task.score_key]:.4f}")
+            what = (f"cost {result.iterations} iterations" if result.cost_only else
+                    f"validation {task.score_key} {result.scores['val'][task.score_key]:.4f}, "
+                    f"test {result.scores['test'][task.score_key]:.4f}")
             logger.info("[%d/%d] %s %s seed %d: %s (%.0f s)", self.done, self.total, task.name,
                         spec["variant"], spec["seed"], what, seconds)
 
@@ -136,7 +137,7 @@ def _spec(task: Task, method: str, seed: int, setting: str, threads: int, bundle
 
 
 def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting: str, threads: int,
-                  work: Path, jobs: int = 1) -> tuple[list[Task], list[dict[str, Any]]]:
+                  work: Path, jobs: int = 1) -> tuple[list[Task], list[RunRecord]]:
     """Run methods x seeds on every task, each seed on its own data set; the tasks and every run's result.
 
     Each (seed, task) is one sequence of runs, the oracle after the run it starts from; ``jobs``
@@ -151,13 +152,13 @@ def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting
                          + cost_repeats * len(tasks) * len(methods))
     context = _child_context(tasks)
 
-    def run(spec: dict[str, Any], task: Task) -> dict[str, Any]:
+    def run(spec: dict[str, Any], task: Task) -> RunRecord:
         started = time.perf_counter()
         result = run_one(context, spec, Path(spec["run_dir"]))
         progress.log(spec, task, result, time.perf_counter() - started)
         return result
 
-    def sequence(seed: int, task: Task) -> list[dict[str, Any]]:
+    def sequence(seed: int, task: Task) -> list[RunRecord]:
         data_dir = work / task.name / "data" / f"seed{seed}"
         logger.info("writing the %s data of seed %d to %s", task.name, seed, data_dir)
         task.prepare(data_dir, seed)
@@ -181,10 +182,10 @@ def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting
     return tasks, results
 
 
-def load_runs(work: Path, task_names: list[str], setting: str) -> tuple[list[Task], list[dict[str, Any]]]:
+def load_runs(work: Path, task_names: list[str], setting: str) -> tuple[list[Task], list[RunRecord]]:
     """The tasks and the finished runs' results of an earlier benchmark in ``work`` (nothing is trained)."""
     paths = sorted(work.glob("*/runs/*/result.json")) + sorted(work.glob("*/cost/*/result.json"))
-    results = [json.loads(path.read_text()) for path in paths]
-    names = [name for name in task_names if any(r["task"] == name for r in results)]
+    results = [RunRecord.from_dict(json.loads(path.read_text())) for path in paths]
+    names = [name for name in task_names if any(r.task == name for r in results)]
     tasks = [TASKS[name](SETTINGS[name][setting], work / "bundles") for name in names]
-    return tasks, [r for r in results if r["task"] in names]
+    return tasks, [r for r in results if r.task in names]

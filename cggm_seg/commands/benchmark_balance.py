@@ -8,8 +8,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from cggm_seg.benchmark.aggregation import BASELINE
 from cggm_seg.benchmark.balance import load_runs, run_benchmark
-from cggm_seg.benchmark.document import BASELINE, write_benchmark
+from cggm_seg.benchmark.document import write_benchmark
 from cggm_seg.benchmark.tasks import DEFAULT_TASKS, TASKS, BratsTask
 from cggm_seg.benchmark.timing import machine
 from cggm_seg.errors import UserError
@@ -152,6 +153,6 @@ def _rewrite(args: argparse.Namespace, setting: str) -> int:
         raise UserError(f"--rewrite-report: no finished runs (*/runs/*/result.json) in {args.work}")
     written = write_benchmark(results, tasks, args.methods, args.out, command=command_line(args),
                               machine={**machine(), "threads": args.threads, "jobs": args.jobs},
-                              wall_s=sum(r["total_s"] for r in results), quick=args.quick)
+                              wall_s=sum(r.total_s for r in results), quick=args.quick)
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
