@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 #: one colour per modality, the same in every figure
 PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
@@ -171,3 +173,36 @@ def overlay_montage(images: Mapping[str, np.ndarray], rows: Mapping[str, Mapping
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path, tight=False)
+
+
+def box_plots(rows: Sequence[Mapping[str, float]], keys: Sequence[str], out_dir: str | Path,
+              prefix: str = "", regions: Sequence[str] = tuple(REGION_COLOURS)) -> list[Path]:
+    """One PNG ``{prefix}{metric}.png`` per metric in ``keys`` (e.g. ``lesion_dice``), one box per region.
+
+    Each box holds the cases' ``{metric}_{region}`` values (``region`` lower-cased, one box per entry of
+    ``regions``, in that order), so per-case spread is visible and not just the mean. ``prefix`` ties
+    the plots to the table they come from (``brats_scores_``). Drawn on a ``Figure`` with its own Agg
+    canvas, outside pyplot's list of open figures.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for metric in keys:
+        columns = [f"{metric}_{region.lower()}" for region in regions]
+        data = [[float(row[c]) for row in rows if c in row] for c in columns]
+        data = [[v for v in values if not math.isnan(v)] for values in data]
+        if not any(data):
+            raise ValueError(f"box_plots: no values for {metric!r} (looked for {columns})")
+        figure = Figure(figsize=(4.0, 3.5))
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        axes.boxplot(data, showmeans=True)
+        axes.set_xticks(range(1, len(regions) + 1), list(regions))
+        axes.set_ylabel(metric)
+        axes.set_title(f"{metric} ({len(rows)} cases)")
+        axes.grid(axis="y", alpha=0.3)
+        figure.tight_layout()
+        path = out / f"{prefix}{metric}.png"
+        figure.savefig(path, dpi=100)
+        paths.append(path)
+    return paths

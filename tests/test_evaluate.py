@@ -17,7 +17,8 @@ from cggm_seg.cli import main as cli_main
 from cggm_seg.errors import UserError
 from cggm_seg.metrics.brats import HD95_EMPTY_PENALTY_MM
 from cggm_seg.metrics.score_handler import BratsScoreHandler
-from cggm_seg.metrics.scoring import format_summary, score_folders, summarise, write_scores
+from cggm_seg.metrics.scoring import score_folders
+from cggm_seg.metrics.summaries import format_summary, summarise, write_scores
 
 SHAPE = (6, 6, 6)
 AFFINE = np.diag([1.0, 1.0, 2.5, 1.0])

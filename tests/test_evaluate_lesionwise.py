@@ -20,17 +20,11 @@ from test_evaluate import _FixedLogits, _run
 
 from cggm_seg.errors import UserError
 from cggm_seg.metrics.brats import case_scores
+from cggm_seg.metrics.folders import layout_convention
 from cggm_seg.metrics.lesionwise import GLI, lesionwise_case_scores
 from cggm_seg.metrics.score_handler import BratsScoreHandler
-from cggm_seg.metrics.scoring import (
-    LESIONWISE_METRICS,
-    METRICS,
-    Scheme,
-    crop_to_labels,
-    layout_convention,
-    score_folders,
-    summarise,
-)
+from cggm_seg.metrics.scoring import LESIONWISE_METRICS, METRICS, Scheme, crop_to_labels, score_folders
+from cggm_seg.metrics.summaries import summarise
 
 SHAPE = (24, 24, 24)
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm along the third axis

@@ -15,10 +15,10 @@ from cggm_seg.metrics.lesionwise import (
     CHALLENGE_SETTINGS,
     GLI,
     LesionwiseSettings,
-    box_plots,
     lesionwise_case_scores,
     lesionwise_region_scores,
 )
+from cggm_seg.plots import box_plots
 
 N = 40  # side of the hand-built volumes
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from cggm_seg.benchmark.stats import classification_collapsed, regression_collapsed, segmentation_collapsed
 from cggm_seg.bundle import bundle_dir, fold_split, select_entries
 from cggm_seg.metrics.score_handler import BratsScoreHandler
-from cggm_seg.metrics.scoring import summarise
+from cggm_seg.metrics.summaries import summarise
 
 #: train handlers that only print to the console; dropped in benchmark runs
 CONSOLE_HANDLERS = ("StatsHandler", "ignite.handlers.ProgressBar")

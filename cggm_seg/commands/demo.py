@@ -24,7 +24,7 @@ from cggm_seg.bundle import bundle_dir
 from cggm_seg.commands.options import bundle_override
 from cggm_seg.errors import UserError
 from cggm_seg.io import write_json
-from cggm_seg.metrics.scoring import format_summary
+from cggm_seg.metrics.summaries import format_summary
 from data_prep.brats_datalist import write_datalist
 from data_prep.synth_brats import write_brats_dataset
 
@@ -65,6 +65,8 @@ def demo_overrides(size: int, epochs: int, seed: int, modulation: str) -> dict[s
             "weight_decay": 1e-5,
         },
         "warmup_epochs": 1,
+        # AdamW divides a constant gradient scale away: CGGM scales the update instead (docs/METHOD.md)
+        "apply_to": "update",
         # coefficients from the Dice of a batch of two volumes spike to +-100 without a bound
         "coeff_clip": [0.0, 2.0],
         "final_learning_rate": 1e-4,

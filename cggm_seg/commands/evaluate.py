@@ -1,4 +1,5 @@
-"""`cggm-seg evaluate`: score a folder of BraTS label maps (scoring: :mod:`cggm_seg.metrics.scoring`)."""
+"""`cggm-seg evaluate`: score a folder of BraTS label maps (scoring: :mod:`cggm_seg.metrics.scoring`;
+folders: :mod:`cggm_seg.metrics.folders`; outputs: :mod:`cggm_seg.metrics.summaries`)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,10 @@ from cggm_seg.brats_labels import CONVENTIONS, case_id_from_filename
 from cggm_seg.bundle import select_entries
 from cggm_seg.errors import UserError
 from cggm_seg.io import check_new_outputs
-from cggm_seg.metrics.scoring import (
-    CHALLENGES,
-    NIFTI,
-    SCHEMES,
-    Scheme,
-    default_scheme,
-    default_workers,
-    format_summary,
-    layout_convention,
-    output_paths,
-    score_folders,
-    write_scores,
-)
+from cggm_seg.metrics.case_pool import default_workers
+from cggm_seg.metrics.folders import NIFTI, layout_convention
+from cggm_seg.metrics.scoring import CHALLENGES, SCHEMES, Scheme, default_scheme, score_folders
+from cggm_seg.metrics.summaries import format_summary, output_paths, write_scores
 
 logger = logging.getLogger(__name__)
 

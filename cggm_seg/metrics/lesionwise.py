@@ -51,10 +51,9 @@ large).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from monai.metrics.utils import get_code_to_measure_table
@@ -340,41 +339,3 @@ def lesionwise_mask_scores(pred_masks: np.ndarray, gt_masks: np.ndarray,
     for metric in ("lesion_dice", "lesion_hd95"):
         scores[f"{metric}_mean"] = float(np.mean([scores[f"{metric}_{r.lower()}"] for r in CASE_REGIONS]))
     return scores
-
-
-# ----------------------------------------------------------------------------- reporting
-
-
-def box_plots(rows: Sequence[Mapping[str, float]], keys: Sequence[str], out_dir: str | Path,
-              prefix: str = "") -> list[Path]:
-    """One PNG ``{prefix}{metric}.png`` per metric in ``keys`` (e.g. ``lesion_dice``), one box per region.
-
-    Each box holds the cases' ``{metric}_{region}`` values, so per-case spread is visible and not
-    just the mean. ``prefix`` ties the plots to the table they come from (``brats_scores_``).
-    Drawn with the Agg canvas directly: no display and no global backend change.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for metric in keys:
-        columns = [f"{metric}_{region.lower()}" for region in CASE_REGIONS]
-        data = [[float(row[c]) for row in rows if c in row] for c in columns]
-        data = [[v for v in values if not math.isnan(v)] for values in data]
-        if not any(data):
-            raise ValueError(f"box_plots: no values for {metric!r} (looked for {columns})")
-        figure = Figure(figsize=(4.0, 3.5))
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        axes.boxplot(data, showmeans=True)
-        axes.set_xticks(range(1, len(CASE_REGIONS) + 1), list(CASE_REGIONS))
-        axes.set_ylabel(metric)
-        axes.set_title(f"{metric} ({len(rows)} cases)")
-        axes.grid(axis="y", alpha=0.3)
-        figure.tight_layout()
-        path = out / f"{prefix}{metric}.png"
-        figure.savefig(path, dpi=100)
-        paths.append(path)
-    return paths

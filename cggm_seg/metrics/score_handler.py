@@ -24,17 +24,10 @@ from cggm_seg.brats_labels import REGIONS, case_id_from_filename, get_convention
 from cggm_seg.errors import UserError
 from cggm_seg.io import check_new_outputs
 from cggm_seg.metrics.brats import region_scores
+from cggm_seg.metrics.folders import check_label_values
 from cggm_seg.metrics.lesionwise import lesionwise_mask_scores
-from cggm_seg.metrics.scoring import (
-    Scheme,
-    check_label_values,
-    crop_margin,
-    crop_to_labels,
-    format_summary,
-    lesionwise_columns,
-    output_paths,
-    write_scores,
-)
+from cggm_seg.metrics.scoring import Scheme, crop_margin, crop_to_labels, lesionwise_columns
+from cggm_seg.metrics.summaries import format_summary, output_paths, write_scores
 
 logger = logging.getLogger(__name__)
 
