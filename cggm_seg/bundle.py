@@ -99,7 +99,28 @@ def _entries(datalist: str | Path, dataset_dir: str | Path, key: str) -> list[di
     for entry in entries:  # MONAI joins every existing relative path, the case-id folder included
         if "case_id" in entry:
             entry["case_id"] = Path(entry["case_id"]).name
+    refuse_colliding_names(entries, f"{datalist} ({key!r})")
     return entries
+
+
+def prediction_name(entry: dict) -> str:
+    """The file inference writes for ``entry``: ``<case_id>.nii.gz``, the id read from its first image's
+    name, as :func:`case_name_formatter` names it."""
+    image = entry["image"][0] if isinstance(entry["image"], (list, tuple)) else entry["image"]
+    return f"{case_id_from_filename(image)}.nii.gz"
+
+
+def refuse_colliding_names(entries: list[dict], where: str) -> None:
+    """Two entries whose label maps would get one file name (the same case in two folders) are refused,
+    naming both: otherwise one prediction silently replaces the other and its case is scored twice."""
+    seen: dict[str, dict] = {}
+    for entry in entries:
+        name = prediction_name(entry)
+        if name in seen:
+            first, second = (_first_image([e]) for e in (seen[name], entry))
+            raise UserError(f"datalist: {where} lists two cases whose predictions would both be {name}: "
+                            f"{first} and {second}; rename one case (its folder and files)")
+        seen[name] = entry
 
 
 def fold_split(datalist: str | Path, dataset_dir: str | Path, fold: int) -> tuple[list[dict], list[dict]]:

@@ -14,11 +14,13 @@ batches and augmentations as the uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import random
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,8 @@ from monai.transforms import Randomizable
 
 from cggm_seg.bundle import CHECKPOINT_PATTERN
 from cggm_seg.errors import UserError
-from cggm_seg.io import atomic_path
+from cggm_seg.io import atomic_path, os_reason
+from cggm_seg.networks.utils import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,9 @@ class _AtomicDiskSaver(BaseSaveHandler):
     """Ignite save handler writing through ``io.atomic_path``; ``filename`` fixes the name, as MONAI's does.
 
     Ignite's ``Checkpoint`` calls ``remove(old)`` before it saves the new file; the removal is held
-    back until the new file is in place, so a kill at any moment leaves at least one complete file.
+    back until the new file is in place, so a kill at any moment leaves at least one complete file. A
+    write that fails (disk full, permission lost) is one line naming the file and the OS's reason, not
+    torch's page of ``unexpected pos`` tracebacks, and leaves the previous file as it was.
     """
 
     def __init__(self, folder: str | Path, filename: str | None = None) -> None:
@@ -62,8 +67,15 @@ class _AtomicDiskSaver(BaseSaveHandler):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         name = self.filename or filename
-        with atomic_path(self.folder / name, overwrite=True) as temporary:
-            torch.save(checkpoint, temporary)
+        try:
+            # through a Python file, so a failed write raises the OS's error (torch's own writer loses it)
+            with atomic_path(self.folder / name, overwrite=True) as temporary, temporary.open("wb") as stream:
+                torch.save(checkpoint, stream)
+        except Exception as err:
+            reason = os_reason(err)
+            if reason is None:  # not the disk's or the OS's doing: a bug, keep its traceback
+                raise
+            raise UserError(f"checkpoint: cannot write {self.folder / name}: {reason}") from err
         for old in self._replaced:
             if old != name:
                 (self.folder / old).unlink(missing_ok=True)
@@ -277,11 +289,31 @@ def _check_identity(path: Path, checkpoint: Mapping, identity: Mapping[str, Any]
         "over, or --allow_other_fold true to continue it anyway")
 
 
+#: what ``torch.save(ddp.state_dict())`` puts before every name; Ignite's savers (the bundles') leave it out
+_DDP_PREFIX = "module."
+
+
+def _strip_ddp_prefix(module: torch.nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
+    """Load pre-hook: the weights of a file saved from the DDP wrapper load into the unwrapped network."""
+    if not prefix:
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, _DDP_PREFIX)
+
+
 def _check_weights(path: str | Path, weights: Mapping[str, Any], network: torch.nn.Module,
                    setting: str) -> None:
-    """One error line when the state dict ``weights`` does not fit ``network``: another network wrote it."""
+    """One error line when the state dict ``weights`` does not fit ``network``: another network wrote it.
+
+    Under DDP ``network`` is the wrapper, whose names start with ``module.``; the files hold the network
+    inside it (as Ignite saves it), so either is compared unwrapped. A file that was saved with the prefix
+    fits as well, and ``network`` is taught to drop the prefix when MONAI's ``CheckpointLoader`` loads it.
+    """
+    network = unwrap(network)
     expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     found = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}
+    if found and all(k.startswith(_DDP_PREFIX) for k in found) and not any(
+            k.startswith(_DDP_PREFIX) for k in expected):
+        found = {k[len(_DDP_PREFIX):]: shape for k, shape in found.items()}
+        network.register_load_state_dict_pre_hook(_strip_ddp_prefix)
     missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
     reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
     if not (missing or unexpected or reshaped):
@@ -322,6 +354,34 @@ def resume_checkpoint(ckpt_dir: str | Path, identity: Mapping[str, Any], resume:
                 _check_weights(path, checkpoint["network"], network, "resume")
             return str(path)
     return None
+
+
+class ResumeAtEpoch:
+    """A resumed run goes on at the checkpoint's epoch with its own epoch length and learning-rate schedule.
+
+    The trainer state in a checkpoint holds the iterations per epoch of the run that wrote it, and the
+    schedule its warm-up and total steps: restored as they are, a resume under another number of DDP
+    ranks (or another ``batch_size``) runs epochs of the old length over the new loader, and one with
+    more ``--epochs`` follows the old schedule past its end, where the cosine climbs back up.
+    Checkpoints are written at the end of an epoch, so that epoch is where both continue; a resume of
+    the same run changes nothing.
+    """
+
+    def __init__(self, lr_scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.lr_scheduler = lr_scheduler
+        self.schedule = copy.deepcopy(lr_scheduler.state_dict())  # this run's, before a checkpoint loads
+
+    def attach(self, trainer: Engine) -> None:
+        """After the ``CheckpointLoader``: Ignite calls the ``STARTED`` handlers in the order they came."""
+        trainer.add_event_handler(Events.STARTED, self._continue, trainer.state.epoch_length)
+
+    def _continue(self, trainer: Engine, epoch_length: int) -> None:
+        state = trainer.state
+        state.epoch_length, state.iteration = epoch_length, state.epoch * epoch_length
+        self.lr_scheduler.load_state_dict({**self.schedule, "last_epoch": state.iteration - 1})
+        with warnings.catch_warnings():  # "step() before optimizer.step()": on purpose, to set the rate
+            warnings.simplefilter("ignore", UserWarning)
+            self.lr_scheduler.step()
 
 
 def log_resume(resume_from: str | None, resume: bool, ckpt_dir: str | Path) -> bool:

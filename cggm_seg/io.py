@@ -166,13 +166,32 @@ def _new_file_beside(target: Path) -> Path:
 
 
 def _sync(path: Path) -> None:
-    """Flush ``path`` (a file, or a folder's entries) to disk: a rename is as durable as what it names."""
-    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
+    """Flush ``path`` (a file, or a folder's entries) to disk: a rename is as durable as what it names.
+
+    A file that cannot be flushed is a failed write (a full disk often says so only here); a folder
+    that cannot be is not: some file systems cannot fsync a folder.
+    """
+    try:
         descriptor = os.open(path, os.O_RDONLY)
         try:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+    except OSError:
+        if not path.is_dir():
+            raise
+
+
+def os_reason(error: BaseException) -> str | None:
+    """The OS's words for why ``error`` happened (``No space left on device``), or None when no ``OSError``
+    with an errno is behind it: torch and other libraries wrap a failed write in errors of their own."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno:
+            return error.strerror or os.strerror(error.errno)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 @contextlib.contextmanager

@@ -111,12 +111,12 @@ def montage(run_dir: Path, out: Path, dataset_dir: Path, datalist: Path | None, 
                         "pass the settings the run was trained with, e.g. "
                         "--override 'network_def#channels=[8,16,32,64]'") from None
     case = parser.get_parsed_content("split")[1][0]
-    item = parser.get_parsed_content("val_transforms")(case)
+    item = parser.get_parsed_content("validate#preprocessing")(case)
     network.eval()
     device = next(network.parameters()).device
     with torch.no_grad():
         logits = parser.get_parsed_content("inferer")(item["image"][None].to(device), network)
-    pred = parser.get_parsed_content("postprocessing")({"pred": logits[0]})["pred"]
+    pred = parser.get_parsed_content("validate#postprocessing")({"pred": logits[0]})["pred"]
     image, label, pred = (np.asarray(t.detach().cpu()) for t in (item["image"], item["label"], pred))
     whole = label[1].reshape(-1, label.shape[-1]).sum(0)  # (TC, WT, ET) channels; WT area per axial slice
     k = int(whole.argmax())

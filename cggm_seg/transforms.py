@@ -1,4 +1,5 @@
-"""MONAI dictionary transforms between BraTS label maps and the (TC, WT, ET) region channels.
+"""MONAI dictionary transforms for BraTS cases: loading that names the case and file it cannot read, and
+label maps <-> (TC, WT, ET) region channels.
 
 MONAI's ``ConvertToMultiChannelBasedOnBratsClassesd`` knows only the 2017-2021 labels;
 these take the layout's convention (``cggm_seg.brats_labels``) so BraTS 2023 and MSD
@@ -13,10 +14,42 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import LoadImaged, MapTransform
 from monai.utils import convert_to_dst_type
 
-from cggm_seg.brats_labels import get_convention
+from cggm_seg.brats_labels import case_id_from_filename, get_convention
+from cggm_seg.errors import UserError
+
+
+class LoadCaseImaged(LoadImaged):
+    """MONAI's ``LoadImaged``; a file that cannot be read is one line naming the case and the file.
+
+    Without it a file damaged after ``prepare`` (a truncated ``.nii.gz``) ends training in pages of
+    loader tracebacks (``EOFError: Compressed file ended ...``) that name neither.
+    """
+
+    def __call__(self, data: Mapping[Hashable, object], reader: object = None) -> dict[Hashable, object]:
+        try:
+            return super().__call__(data, reader)
+        except UserError:
+            raise
+        except Exception as err:
+            path = self._unreadable_file(data)
+            case = data.get("case_id") or case_id_from_filename(path)
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise UserError(f"case {case}: cannot read {path} (LoadImaged: {reason})") from err
+
+    def _unreadable_file(self, data: Mapping[Hashable, object]) -> str:
+        """The first of the keys' files that does not load on its own (else all of them: they load one by
+        one, but not together, e.g. of different shapes)."""
+        paths = [str(p) for key in self.key_iterator(dict(data))
+                 for p in (data[key] if isinstance(data[key], (list, tuple)) else [data[key]])]
+        for path in paths:
+            try:
+                self._loader(path)
+            except Exception:
+                return path
+        return ", ".join(paths)
 
 
 class _ConventionTransform(MapTransform):

@@ -1,4 +1,5 @@
-"""OGM-GE, MSLR and unimodal training on MONAI's SupervisedTrainer with the toy network; the factory."""
+"""OGM-GE, MSLR and unimodal training on MONAI's SupervisedTrainer with the toy network (the factory that
+picks them by name: tests/test_build_modulation.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,9 @@ from toy_multimodal import GradSnapshot, accuracy, make_models, make_trainer, to
 
 from cggm_seg.errors import UserError
 from cggm_seg.modulation import (
-    METHODS,
-    CGGMHandler,
     MSLRHandler,
     OGMGEHandler,
     UnimodalHandler,
-    build_modulation,
     keep_only_modality,
 )
 from cggm_seg.modulation.ogm_ge import ogm_ge_coefficients
@@ -183,41 +181,6 @@ def test_keep_only_modality_can_be_removed_and_checks_the_name():
     torch.testing.assert_close(net(x), before)
     with pytest.raises(UserError, match="modality: 't1ce' is neither one of"):
         keep_only_modality(net, ["encoders.0", "encoders.1"], "t1ce", ["flair", "t1"])
-
-
-# -------------------------------------------------------------------------------------------- factory
-def bundle_settings(heads) -> dict:
-    """What a bundle passes whatever the method: every method's settings."""
-    return {"encoders": ["encoders.0", "encoders.1"], "fusion_layer": "output_layer", "heads": heads,
-            "head_optimizer": torch.optim.SGD(heads.parameters(), lr=0.1), "metric": accuracy, "rho": 1.0,
-            "lam": 0.1, "direction": "weights", "alpha": 0.3, "lr_scales": {"t1ce": 0.5},
-            "modality": "t1ce", "modality_names": ["flair", "t1ce"]}
-
-
-@pytest.mark.parametrize(("method", "kind"), [("none", type(None)), ("cggm", CGGMHandler),
-                                              ("ogm_ge", OGMGEHandler), ("mslr", MSLRHandler),
-                                              ("unimodal", UnimodalHandler)])
-def test_build_modulation_picks_each_method_and_its_settings(method, kind):
-    _, heads = make_models()
-    handler = build_modulation(method, **bundle_settings(heads))
-    assert type(handler) is kind
-    if method == "ogm_ge":
-        assert handler.alpha == 0.3
-    if method == "mslr":
-        assert handler.lr_scales == [1.0, 0.5]
-    if method == "unimodal":
-        assert handler.index == 1
-    assert set(METHODS) == {"none", "cggm", "ogm_ge", "mslr", "unimodal"}
-
-
-def test_build_modulation_errors():
-    _, heads = make_models()
-    with pytest.raises(UserError, match="modulation: 'ogm' is not one of"):
-        build_modulation("ogm", **bundle_settings(heads))
-    with pytest.raises(UserError, match="unknown setting\\(s\\) \\['rh0'\\]"):
-        build_modulation("cggm", rh0=1.0, **bundle_settings(heads))
-    with pytest.raises(UserError, match="modulation 'mslr': missing setting\\(s\\) \\['lr_scales'\\]"):
-        build_modulation("mslr", encoders=["encoders.0", "encoders.1"])
 
 
 def test_no_handler_runs_on_an_overflow_step():

@@ -235,12 +235,26 @@ def test_children_preload_the_bundles_modules():
         assert name in modules
 
 
-def test_every_variant_is_a_method_the_factory_knows():
-    from cggm_seg.modulation import METHODS
+def test_every_variant_is_a_method_the_factory_knows_with_its_settings():
+    from cggm_seg.modulation import METHODS, method_settings
 
     for name in TASKS:
         for variant in TASKS[name].variants().values():
             assert variant.method in METHODS
+            if variant.settings:  # entries of the method's block in the bundle
+                assert set(variant.settings) <= set(method_settings(variant.method)), variant.name
+
+
+def test_benchmark_runs_disable_the_console_handlers_by_name():
+    from cggm_seg.benchmark.run import bundle_parser
+    from cggm_seg.benchmark.tasks import CONSOLE_HANDLERS
+
+    for name in TASKS:
+        task = TASKS[name](SETTINGS[name]["quick"])
+        parser = bundle_parser([task.train_config, task.eval_config], {})
+        present = [h for h in CONSOLE_HANDLERS if h in parser]
+        assert "train#stats" in present and "validate#stats" in present, name
+        assert [parser.get_parsed_content(h) for h in present] == [None] * len(present), name
 
 
 def test_task_data_comes_from_the_setting():
@@ -263,9 +277,8 @@ def test_paper_rows_pin_the_paper_estimators_whatever_the_bundle_defaults(tmp_pa
     for part in ("magnitude", "direction", "both"):
         paper, robust = task.variants()[f"cggm_{part}"], task.variants()[f"cggm_{part}_robust"]
         parser = bundle_parser([task.train_config], variant_overrides(paper, 0))
-        handler = parser.config["modulation_handler"]
-        assert {key: parser.get_parsed_content(f"modulation_handler#{key}") for key in PAPER_ESTIMATORS} \
-            == dict(PAPER_ESTIMATORS), handler
+        assert {key: parser.get_parsed_content(f"cggm#{key}") for key in PAPER_ESTIMATORS} \
+            == dict(PAPER_ESTIMATORS), parser.config["cggm"]
         assert {k: v for k, v in robust.settings.items() if k in PAPER_ESTIMATORS} != dict(PAPER_ESTIMATORS)
 
 

@@ -195,9 +195,20 @@ def test_training_stopped_before_validation_evaluates_its_final_weights(dataset,
                     "validation)"] * 2
 
 
+#: what each rank's engines have attached, by class, written by a config overlay after training
+RECORD_HANDLERS = ("$torch.save(sorted({type(getattr(h, '__self__', h)).__name__ "
+                   "for engine in (@trainer, @validate#evaluator) "
+                   "for handlers in engine._event_handlers.values() for h, *_ in handlers}), "
+                   "os.path.join(@output_dir, f'handlers_{torch.distributed.get_rank()}.pt'))")
+#: the handlers only the main rank has: console, TensorBoard, the savers of model.pt and the checkpoints
+MAIN_RANK_ONLY = {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "SafeCheckpointSaver"}
+
+
 @pytest.mark.slow
 def test_torchrun_two_process_cpu_training(dataset, tmp_path):
     out = tmp_path / "ddp"
+    record = tmp_path / "record_handlers.json"
+    record.write_text(json.dumps({"run": ["$@trainer.run()", RECORD_HANDLERS]}))
     overrides = [
         f"--{k}={json.dumps(v)}" if not isinstance(v, str) else f"--{k}={v}" for k, v in TINY.items()
     ]
@@ -211,7 +222,7 @@ def test_torchrun_two_process_cpu_training(dataset, tmp_path):
         "monai.bundle",
         "run",
         "--config_file",
-        json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]),
+        json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json"), str(record)]),
         f"--dataset_dir={dataset}",
         f"--output_dir={out}",
         "--epochs=1",
@@ -223,6 +234,8 @@ def test_torchrun_two_process_cpu_training(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "checkpoint_final.pt").is_file()
     assert len(list(out.glob("events.out.tfevents.*"))) == 2  # rank 0 only: trainer + validator
+    main, other = (set(torch.load(out / f"handlers_{rank}.pt")) for rank in (0, 1))
+    assert MAIN_RANK_ONLY <= main and not MAIN_RANK_ONLY & other, (main, other)
 
 
 # ------------------------------------------------------------------------------------ reliability

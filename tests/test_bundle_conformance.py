@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_HANDLERS_ID
 from monai.data import load_net_with_metadata
 
-from cggm_seg.modulation import METHODS
+from cggm_seg.modulation import METHODS, method_settings
 from data_prep.brats_datalist import write_datalist
 from data_prep.synth_brats import write_brats_dataset
 from data_prep.synth_food101 import write_food101
@@ -46,20 +47,22 @@ WORKFLOW_IDS = [f"{bundle}-{'+'.join(c[:-5] for c in configs)}" for bundle, conf
 #: id, and everything under it, must be the same in the three bundles, so they cannot drift apart
 TASK_IDS = {
     "train.json": ("imports#5", "bundle_root", "dataset_dir", "data_path", "cv", "feature_types",
-                   "features_dir", "output_dir", "epochs", "batch_size", "lambda", "encoder_layers",
+                   "features_dir", "output_dir", "epochs", "batch_size", "cggm#lambda", "encoder_layers",
                    "fusion_layers", "modalities", "num_outputs", "datasets", "loss#_target_",
                    "optimizer#_target_", "head_optimizer#_target_", "validate#key_metric",
                    "validate#evaluator#additional_metrics#val#compute_fn", "modulation_handler#metric",
                    "modulation_handler#soft_metric", "imports", "encoders", "vit_dir", "bert_dir",
-                   "max_text_len", "backbone_learning_rate", "collate_fn", "train_loader#collate_fn",
+                   "max_text_len", "backbone_learning_rate", "collate_fn", "train#dataloader#collate_fn",
                    # CGGM's estimators: measured per task (docs/BENCHMARK.md), so each bundle has its own
-                   "utilisation", "utilisation_momentum", "improvement_window", "coefficient_rule",
-                   "direction_scale", "apply_to",
-                   "val_loader#collate_fn", "network_def", "optimizer#params"),
+                   "cggm#utilisation", "cggm#utilisation_momentum", "cggm#improvement_window",
+                   "cggm#coefficient_rule", "cggm#direction_scale", "cggm#apply_to",
+                   "validate#dataloader#collate_fn", "network_def", "optimizer#params"),
     "evaluate.json": ("validate#dataset", "network_def#input_dims"),
 }
 #: modulation_handler entries that name the network's parts or the task's metric
 NETWORK_AND_METRIC = ("encoders", "fusion_layer", "metric", "soft_metric")
+#: the methods that have settings: each bundle's ``train.json`` has a block of them under the method's name
+CONFIGURABLE = tuple(name for name, handler in METHODS.items() if handler is not None)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -106,8 +109,8 @@ def test_monai_property_check_finds_nothing_missing(bundle, configs, kind, datas
         assert flow.trainer is content("trainer") and flow.max_epochs == content("epochs")
         assert flow.evaluator is content("validate#evaluator")
         assert flow.trainer.inferer is flow.train_inferer
-        assert flow.trainer.data_loader is content("train_loader")
-        assert flow.train_dataset is content("train_loader").dataset
+        assert flow.trainer.data_loader is content("train#dataloader")
+        assert flow.train_dataset is content("train#dataloader").dataset
         assert flow.val_handlers is content("validate#handlers")
         assert flow.evaluator.data_loader.dataset is flow.val_dataset
     else:
@@ -162,14 +165,29 @@ def test_sequence_bundles_differ_only_in_their_task(config):
     assert not drifted, f"ids that differ between the sequence bundles' {config}: {drifted}"
 
 
-def test_every_bundle_passes_every_method_its_settings():
-    """Any ``modulation`` on any bundle: all four give ``build_modulation`` the same settings."""
-    handlers = {name: json.loads((BUNDLES / name / "configs" / "train.json").read_text())
-                ["modulation_handler"] for name in ALL}
-    common = {k: v for k, v in handlers["brats_cggm"].items() if k not in NETWORK_AND_METRIC}
-    for name, handler in handlers.items():
-        assert {k: v for k, v in handler.items() if k not in NETWORK_AND_METRIC} == common, name
-    assert {"alpha", "lr_scales", "modality"} <= set(common)
+def test_every_bundle_shows_every_setting_of_every_method():
+    """Any ``modulation`` on any bundle: each method's block lists every setting its handler takes (nothing
+    applies that the bundle does not show), and all four give ``build_modulation`` the same blocks."""
+    for name in ALL:
+        config = json.loads((BUNDLES / name / "configs" / "train.json").read_text())
+        for method in CONFIGURABLE:
+            assert set(config[method]) == set(method_settings(method)), (name, method)
+        handler = {k: v for k, v in config["modulation_handler"].items() if k not in NETWORK_AND_METRIC}
+        assert handler == {"_target_": "cggm_seg.modulation.build_modulation", "method": "@modulation",
+                           "settings": {method: f"@{method}" for method in CONFIGURABLE},
+                           "head_optimizer": "@head_optimizer", "heads": "@heads",
+                           "modality_names": "@modalities", "noise_seed": "@seed"}, name
+
+
+def test_handlers_are_referred_to_by_name():
+    """What a config or a command changes in a handler it reaches by name (``validate#best_model_saver``):
+    no id counts positions in a list of handlers, which MONAI's tools append to."""
+    by_position = re.compile(r"handlers#\d")
+    for config in BUNDLES.glob("*/configs/*.json"):
+        content = json.loads(config.read_text())
+        overridden = [i for i in content if by_position.search(i)]  # ids an overlay sets
+        referenced = [i for i, v in flatten(content).items() if by_position.search(str(v))]
+        assert not overridden and not referenced, config
 
 
 def test_brats_inference_matches_training_where_they_share_ids():
@@ -186,8 +204,8 @@ def test_brats_inference_matches_training_where_they_share_ids():
 def method_overrides(bundle: str, method: str) -> dict[str, Any]:
     """One epoch, no validation (``epochs < val_interval``), and each method's setting made to matter."""
     first = "flair" if bundle == "brats_cggm" else "text"
-    return {"modulation": method, "epochs": 1, "val_interval": 2, "mslr_lr_scales": {first: 0.5},
-            "unimodal_modality": first}
+    return {"modulation": method, "epochs": 1, "val_interval": 2, "mslr#lr_scales": {first: 0.5},
+            "unimodal#modality": first}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -205,7 +223,7 @@ def test_every_method_trains_and_evaluates_on_every_bundle(bundle, method, datas
     encoders = evaluate.parser.get_parsed_content("network_def").encoder_names()
     network = evaluate.parser.get_parsed_content("network")
     blanked = [bool(network.get_submodule(e)._forward_pre_hooks) for e in encoders]
-    kept = evaluate.parser.get_parsed_content("modalities").index(overrides["unimodal_modality"])
+    kept = evaluate.parser.get_parsed_content("modalities").index(overrides["unimodal#modality"])
     assert blanked == [method == "unimodal" and i != kept for i in range(len(encoders))]
     evaluate.run()
     scores = tmp_path / ("eval/summary.json" if bundle == "brats_cggm" else "metrics_test.json")

@@ -24,11 +24,11 @@ from cggm_seg.transforms import LabelsToRegionsd, RegionsToLabelsd
 
 @pytest.fixture
 def datalist(tmp_path):
-    entries = [{"image": [f"c{i}/f.nii.gz"], "label": f"c{i}/s.nii.gz", "fold": i % 3, "case_id": f"c{i}"}
-               for i in range(6)]
+    entries = [{"image": [f"c{i}/c{i}_flair.nii.gz"], "label": f"c{i}/c{i}_seg.nii.gz", "fold": i % 3,
+                "case_id": f"c{i}"} for i in range(6)]
     for i in range(6):
         (tmp_path / f"c{i}").mkdir()
-        (tmp_path / f"c{i}" / "f.nii.gz").write_bytes(b"")
+        (tmp_path / f"c{i}" / f"c{i}_flair.nii.gz").write_bytes(b"")
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps({"training": entries, "label_convention": "msd"}))
     return path
@@ -38,10 +38,24 @@ def test_fold_split_and_selection(datalist, tmp_path):
     train, val = fold_split(datalist, tmp_path, 1)
     assert [e["case_id"] for e in val] == ["c1", "c4"]
     assert [e["case_id"] for e in train] == ["c0", "c2", "c3", "c5"]
-    assert train[0]["image"] == [str(tmp_path / "c0" / "f.nii.gz")]
+    assert train[0]["image"] == [str(tmp_path / "c0" / "c0_flair.nii.gz")]
     assert len(select_entries(datalist, tmp_path)) == 6
     assert [e["case_id"] for e in select_entries(datalist, tmp_path, fold=2)] == ["c2", "c5"]
     assert datalist_convention(datalist) == "msd"
+
+
+def test_cases_whose_predictions_would_share_a_name_are_refused(datalist, tmp_path):
+    """The same case in two folders: inference would write one label map for both, silently."""
+    content = json.loads(datalist.read_text())
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "c3_flair.nii.gz").write_bytes(b"")
+    content["training"].append({**content["training"][3], "image": ["copy/c3_flair.nii.gz"], "fold": 0})
+    datalist.write_text(json.dumps(content))
+    both = r"predictions would both be c3.nii.gz: \S*/c3/c3_flair.nii.gz and \S*/copy/c3_flair"
+    with pytest.raises(UserError, match=both):
+        select_entries(datalist, tmp_path)
+    with pytest.raises(UserError, match="would both be c3.nii.gz"):
+        fold_split(datalist, tmp_path, 1)
 
 
 def test_datalist_errors_name_the_setting(datalist, tmp_path):
@@ -66,18 +80,18 @@ def test_datalist_paths_start_at_its_own_folder_and_old_ones_at_dataset_dir(data
     moved.write_text(json.dumps(content))  # paths relative to the BraTS root: a datalist from before 0.2.0
     deprecated = r"relative to dataset_dir .* \(deprecated since 0.6.0, refused from 0.7.0\)"
     with pytest.warns(FutureWarning, match=deprecated):
-        assert fold_split(moved, tmp_path, 1)[1][0]["image"] == [str(tmp_path / "c1" / "f.nii.gz")]
+        assert fold_split(moved, tmp_path, 1)[1][0]["image"] == [str(tmp_path / "c1" / "c1_flair.nii.gz")]
 
     for entry in content["training"]:  # relative to the datalist's folder, as MONAI reads them
         entry["image"] = [f"../{entry['image'][0]}"]
     moved.write_text(json.dumps(content))
     recwarn.clear()
     other = tmp_path / "lists"  # dataset_dir no longer matters
-    assert fold_split(moved, other, 1)[1][0]["image"] == [str(tmp_path / "c1" / "f.nii.gz")]
+    assert fold_split(moved, other, 1)[1][0]["image"] == [str(tmp_path / "c1" / "c1_flair.nii.gz")]
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
 
-    (tmp_path / "c0" / "f.nii.gz").unlink()
-    with pytest.raises(UserError, match=r"datalist: .* lists \.\./c0/f.nii.gz, which is neither under"):
+    (tmp_path / "c0" / "c0_flair.nii.gz").unlink()
+    with pytest.raises(UserError, match=r"datalist: .* lists \.\./c0/c0_flair.nii.gz, which is neither"):
         fold_split(moved, other, 1)
 
 
@@ -146,7 +160,7 @@ def test_bundle_override_parses_json_and_keeps_expressions():
 
     from cggm_seg.commands.options import bundle_override
 
-    assert bundle_override("coeff_clip=[0, 2]") == ("coeff_clip", [0, 2])
+    assert bundle_override("cggm#coeff_clip=[0, 2]") == ("cggm#coeff_clip", [0, 2])
     assert bundle_override("amp=false") == ("amp", False)
     assert bundle_override("dtype=$torch.bfloat16") == ("dtype", "$torch.bfloat16")
     with pytest.raises(argparse.ArgumentTypeError, match="expected ID=JSON"):

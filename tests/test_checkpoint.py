@@ -3,6 +3,8 @@ checkpoint restores, the non-finite-loss stop, and a training killed with SIGKIL
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -10,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +21,13 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointLoader
+from monai.optimizers import WarmupCosineSchedule
 from monai.transforms import Compose, RandFlipd, RandSpatialCropd
 
 from cggm_seg.checkpoint import (
     RandomStates,
+    ResumeAtEpoch,
     RunRecord,
     SafeCheckpointSaver,
     check_network_fits,
@@ -49,26 +55,88 @@ def _state() -> dict:
 
 
 # ------------------------------------------------------------------------------------------ saving
-def test_a_failed_write_keeps_the_previous_checkpoint_and_no_partial_file(tmp_path, monkeypatch):
+def _fill_the_disk(obj, stream, *args, **kwargs):
+    """``torch.save`` on a full disk: part of the file written, the OS's error under torch's own."""
+    stream.write(b"partial")
+    try:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+
+def _os_error(code: int):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+    return fail
+
+
+@pytest.mark.parametrize(("where", "failure", "reason"), [
+    ("write", (torch, "save", _fill_the_disk), "No space left on device"),
+    ("flush", (os, "fsync", _os_error(errno.EIO)), "Input/output error"),
+    ("rename", (os, "replace", _os_error(errno.EACCES)), "Permission denied"),  # permission lost mid-run
+], ids=["write", "flush", "rename"])
+def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where, failure,
+                                                                       reason):
     saver = SafeCheckpointSaver(str(tmp_path), _state(), save_interval=1, n_saved=1)
     engine = _engine()
     saver.attach(engine)
     engine.run([0], max_epochs=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]
+    previous = (tmp_path / "checkpoint_epoch=1.pt").read_bytes()
 
-    real_save = torch.save
-
-    def half_then_fail(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(*failure)
+    with pytest.raises(UserError) as info:
         engine.run([0], max_epochs=2)
-    monkeypatch.setattr(torch, "save", real_save)
-    # Ignite asked to remove epoch 1 before writing epoch 2; it stays until epoch 2 is complete
+    monkeypatch.undo()
+    assert str(info.value) == f"checkpoint: cannot write {tmp_path / 'checkpoint_epoch=2.pt'}: {reason}"
+    # Ignite asked to remove epoch 1 before writing epoch 2; it stays, whole, and no partial file is left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]
-    assert set(torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=True)) == {"network", "optimizer"}
+    assert (tmp_path / "checkpoint_epoch=1.pt").read_bytes() == previous
+
+
+def test_a_save_that_fails_for_no_os_reason_keeps_its_traceback(tmp_path, monkeypatch):
+    """Not the disk's doing (an object torch cannot save): a bug, not a user's mistake."""
+    saver = SafeCheckpointSaver(str(tmp_path), _state(), save_interval=1)
+    engine = _engine()
+    saver.attach(engine)
+    def cannot_save(*args, **kwargs):
+        raise TypeError("cannot pickle 'generator' object")
+
+    monkeypatch.setattr(torch, "save", cannot_save)
+    with pytest.raises(TypeError, match="cannot pickle"):
+        engine.run([0], max_epochs=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` (root only), or the test skipped saying why not."""
+    folder.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                 capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command to make a small full disk")
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a {size} tmpfs to fill: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_checkpoint(tmp_path):
+    network = torch.nn.Linear(450, 450)  # 0.81 MB a checkpoint: the third does not fit in 2 MB beside two
+    with _small_disk(tmp_path / "disk", "2m") as disk:
+        saver = SafeCheckpointSaver(str(disk), {"network": network, "trainer": _engine()}, save_interval=1,
+                                    n_saved=2)
+        engine = _engine()
+        saver.attach(engine)
+        with pytest.raises(UserError) as info:
+            engine.run([0], max_epochs=10)
+        third = disk / "checkpoint_epoch=3.pt"
+        assert str(info.value) == f"checkpoint: cannot write {third}: No space left on device"
+        assert sorted(p.name for p in disk.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+        assert all(_loads(disk / f"checkpoint_epoch={epoch}.pt") for epoch in (1, 2))
 
 
 def test_the_replaced_checkpoint_goes_once_the_new_one_is_in_place(tmp_path):
@@ -187,6 +255,70 @@ def test_resume_refuses_weights_of_another_network(tmp_path):
         resume_checkpoint(tmp_path, identity, resume=True, network=_net(affine=True))
 
 
+def _two_layers() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+
+
+@pytest.mark.parametrize("saved_wrapped", [False, True], ids=["saved plain", "saved with module."])
+@pytest.mark.parametrize("wrapped", [False, True], ids=["into plain", "into DDP-like wrapper"])
+def test_weights_with_or_without_the_wrapper_prefix_load_into_either(tmp_path, saved_wrapped, wrapped):
+    """A DDP run's files hold the network inside the wrapper (as Ignite saves it); a file that kept the
+    wrapper's ``module.`` prefix (``torch.save(ddp.state_dict())``) loads too, at resume and evaluation."""
+    torch.manual_seed(0)
+    trained = _two_layers()
+    weights = (torch.nn.DataParallel(trained) if saved_wrapped else trained).state_dict()
+    torch.save(weights, tmp_path / "model.pt")
+    identity = run_identity(SPLIT, 0, "d.json")
+    torch.save({"network": weights, "run": {"identity": identity}}, tmp_path / "checkpoint_epoch=1.pt")
+    network = _two_layers()
+    loaded_into = torch.nn.DataParallel(network) if wrapped else network
+
+    chosen = resume_checkpoint(tmp_path, identity, True, network=loaded_into)
+    assert chosen == str(tmp_path / "checkpoint_epoch=1.pt")
+    check_network_fits(tmp_path / "model.pt", loaded_into)
+    CheckpointLoader(load_path=str(tmp_path / "model.pt"), load_dict={"network": loaded_into})(_engine())
+    for name, value in trained.state_dict().items():
+        assert torch.equal(network.state_dict()[name], value), name
+
+
+def test_a_resume_goes_on_at_its_epoch_with_this_runs_epoch_length_and_schedule(tmp_path):
+    """A checkpoint after epoch 2 of a run of 2 steps an epoch (another number of ranks), 4 epochs planned;
+    this run takes 3 steps an epoch for 5 epochs: epochs 3-5 take 3 steps each, on this run's schedule."""
+    def schedule(steps_per_epoch: int, epochs: int) -> WarmupCosineSchedule:
+        optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+        return WarmupCosineSchedule(optimizer, warmup_steps=steps_per_epoch, t_total=epochs * steps_per_epoch,
+                                    end_lr=0.01)
+
+    saved = schedule(2, 4)
+    for _ in range(4):
+        saved.optimizer.step()
+        saved.step()
+    checkpoint = {"trainer": {"iteration": 4, "epoch_length": 2, "max_epochs": 4},
+                  "lr_scheduler": saved.state_dict(), "optimizer": saved.optimizer.state_dict()}
+    torch.save(checkpoint, tmp_path / "c.pt")
+    this_run, uninterrupted = schedule(3, 5), schedule(3, 5)
+    trainer = Engine(lambda engine, batch: this_run.optimizer.step())
+    trainer.state.epoch_length = 3  # as MONAI's workflows set it, from the loader
+    to_load = {"trainer": trainer, "lr_scheduler": this_run, "optimizer": this_run.optimizer}
+    CheckpointLoader(load_path=str(tmp_path / "c.pt"), load_dict=to_load).attach(trainer)
+    ResumeAtEpoch(this_run).attach(trainer)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: this_run.step())
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(
+        (e.state.epoch, e.state.iteration, this_run.optimizer.param_groups[0]["lr"])))
+    trainer.run([0, 1, 2], max_epochs=5)
+
+    for _ in range(6):  # the uninterrupted run's first two epochs
+        uninterrupted.optimizer.step()
+        uninterrupted.step()
+    expected = []
+    for iteration in range(7, 16):
+        expected.append(((iteration - 1) // 3 + 1, iteration, uninterrupted.optimizer.param_groups[0]["lr"]))
+        uninterrupted.optimizer.step()
+        uninterrupted.step()
+    assert seen == expected
+
+
 def test_the_run_record_restores_the_best_score(tmp_path):
     evaluator, saver = Engine(lambda e, b: None), SafeCheckpointSaver(
         str(tmp_path), {"network": torch.nn.Linear(2, 2)}, save_key_metric=True, key_metric_name="dice",
@@ -254,8 +386,8 @@ if "save" in spec:
         if spec["save"] in Path(str(getattr(f, "name", f))).name:
             buffer = io.BytesIO()
             real_save(obj, buffer, *args, **kwargs)
-            with open(f, "wb") as stream:
-                stream.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # the saver's open file
+            f.flush()
             die()
         return real_save(obj, f, *args, **kwargs)
     torch.save = save
@@ -351,3 +483,20 @@ def test_training_killed_at_any_point_resumes_to_the_same_weights(tmp_path):
         assert expected.keys() == got.keys()
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_a_bundle_run_in_one_line(tmp_path):
+    dataset = tmp_path / "brats"
+    write_brats_dataset(dataset, cases=4, size=32, seed=0)
+    write_datalist(dataset, dataset / "datalist.json", folds=2, seed=0)
+    # 1.1 MB model.pt and 2.3 MB checkpoints, two kept: the disk is full in epoch 3 (of TINY_RUN's 4)
+    with _small_disk(tmp_path / "disk", "6m") as disk:
+        result = _train(dataset, disk / "run")
+        assert result.returncode == 1
+        last = result.stderr.splitlines()[-1]
+        assert re.fullmatch(rf"error: checkpoint: cannot write {re.escape(str(disk / 'run'))}/"
+                            r"(model|checkpoint_epoch=\d+)\.pt: No space left on device", last), last
+        assert "Traceback" not in result.stdout + result.stderr  # Ignite and MONAI log it in one line too
+        assert not list((disk / "run").glob(".*"))  # no partial file, no lock
+        assert _loads(disk / "run" / "model.pt") and _loads(disk / "run" / "checkpoint_epoch=2.pt")

@@ -122,14 +122,14 @@ def loader_throughput(args: argparse.Namespace, overrides: dict[str, Any],
     variants = {
         "none": {},
         "memory": {"cache_rate": 1.0},
-        "disk": {"train_dataset": {"_target_": "PersistentDataset", "data": "$@split[0]",
-                                   "transform": "@train_transforms", "cache_dir": str(cache_dir)}},
+        "disk": {"train#dataset": {"_target_": "PersistentDataset", "data": "$@split[0]",
+                                   "transform": "@train#preprocessing", "cache_dir": str(cache_dir)}},
     }
     results: dict[str, Any] = {}
     for name, extra in variants.items():
         parser = bundle_parser([args.config], {**overrides, **extra})
         start = time.perf_counter()
-        loader = parser.get_parsed_content("train_loader")  # CacheDataset fills its cache here
+        loader = parser.get_parsed_content("train#dataloader")  # CacheDataset fills its cache here
         fill = time.perf_counter() - start
         if name == "disk":  # PersistentDataset writes its cache during the first pass
             fill = _timed_epochs(loader, 1)[0]
@@ -151,7 +151,7 @@ def time_training(args: argparse.Namespace, overrides: dict[str, Any], batch: di
     """
     feed = [batch] * (WARMUP_STEPS + args.steps)
     # no validation, checkpoints or logs in the loop; the modulation settings stay the config's
-    extra = {"train_loader": feed, "train_handlers": [], "modulation": modulation}
+    extra = {"train#dataloader": feed, "train_handlers": [], "modulation": modulation}
     parser = bundle_parser([args.config], {**overrides, **extra})
     trainer = parser.get_parsed_content("trainer")
     timer = StepTimer(args.device)
@@ -180,7 +180,7 @@ def time_inference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[
     amp_kwargs = parser.get_parsed_content("validate#evaluator#amp_kwargs", default={}) if amp else {}
     network = parser.get_parsed_content("network").eval()
     inferer = parser.get_parsed_content("inferer")
-    volumes = [batch["image"].to(args.device) for batch in parser.get_parsed_content("val_loader")]
+    volumes = [batch["image"].to(args.device) for batch in parser.get_parsed_content("validate#dataloader")]
     seconds = []
     with torch.no_grad(), torch.autocast(args.device, enabled=amp, **amp_kwargs):
         for volume in volumes[:1] + volumes:

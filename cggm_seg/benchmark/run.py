@@ -59,22 +59,20 @@ class CurveRecorder:
 
 
 def bundle_parser(configs: Sequence[Path], overrides: dict[str, Any]) -> ConfigParser:
-    """The bundle's config with ``overrides``, the handlers that only print to the console disabled (not
-    removed: the bundles refer to some handlers by position)."""
+    """The bundle's config with ``overrides`` and its handlers that only print to the console disabled."""
     parser = ConfigParser()
     parser.read_config([str(c) for c in configs])
     parser.update(overrides)
-    for key in ("train_handlers", "validate#handlers"):
-        if key in parser:
-            for handler in parser[key]:
-                if handler.get("_target_") in CONSOLE_HANDLERS:
-                    handler["_disabled_"] = True
+    for handler in CONSOLE_HANDLERS:
+        if handler in parser:
+            parser[f"{handler}#_disabled_"] = True
     return parser
 
 
 def variant_overrides(variant: Variant, seed: int) -> dict[str, Any]:
+    """The variant's method and its settings, as a user overrides them (``--cggm#lambda 0.2``)."""
     overrides: dict[str, Any] = {"modulation": variant.method, "seed": seed}
-    overrides.update({f"modulation_handler#{key}": value for key, value in variant.settings.items()})
+    overrides.update({f"{variant.method}#{key}": value for key, value in variant.settings.items()})
     return overrides
 
 
@@ -91,7 +89,7 @@ def _monitor(parser: ConfigParser) -> HeadMonitor:
 
 
 def _batches(parser: ConfigParser, evaluator: Any) -> Iterator[tuple[Any, torch.Tensor]]:
-    for batch in parser.get_parsed_content("val_loader"):
+    for batch in parser.get_parsed_content("validate#dataloader"):
         yield evaluator.prepare_batch(batch, evaluator.state.device, False)
 
 

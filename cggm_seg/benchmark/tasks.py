@@ -25,8 +25,8 @@ from cggm_seg.bundle import bundle_dir, fold_split, select_entries
 from cggm_seg.metrics.score_handler import BratsScoreHandler
 from cggm_seg.metrics.summaries import summarise
 
-#: train handlers that only print to the console; dropped in benchmark runs
-CONSOLE_HANDLERS = ("StatsHandler", "ignite.handlers.ProgressBar")
+#: the bundles' handlers that only print to the console (by config id); disabled in benchmark runs
+CONSOLE_HANDLERS = ("train#stats", "train#progress_bar", "validate#stats")
 #: the paper's estimators, pinned so the paper's rows stay the paper's whatever a bundle defaults to
 PAPER_ESTIMATORS: Mapping[str, Any] = {
     "utilisation": "metric", "utilisation_momentum": 0.0, "improvement_window": 1,
@@ -45,9 +45,10 @@ SPLITS = ("val", "test")
 
 @dataclass(frozen=True)
 class Variant:
-    """One balancing method with its settings, as a row of the benchmark tables; ``summary`` explains
-    the row on the page. ``init_from`` names the variant whose final weak-modality encoder initialises
-    this one (the pre-trained-encoder oracle)."""
+    """One balancing method with its settings, as a row of the benchmark tables; ``settings`` are entries
+    of the method's block in the bundle (``{"lambda": 0.2}`` for ``cggm#lambda``), ``summary`` explains the
+    row on the page. ``init_from`` names the variant whose final weak-modality encoder initialises this
+    one (the pre-trained-encoder oracle)."""
 
     name: str
     method: str
@@ -95,8 +96,8 @@ class Task:
         MSLR factor are set once here, not tuned.
         """
         d, w, lam, robust = cls.dominant, cls.weak, cls.paper_lambda, dict(cls.robust)
-        ablation = {"magnitude": {"lam": 0.0}, "direction": {"magnitude": False, "lam": lam},
-                    "both": {"lam": lam}}
+        ablation = {"magnitude": {"lambda": 0.0}, "direction": {"magnitude": False, "lambda": lam},
+                    "both": {"lambda": lam}}
         variants = [
             Variant("joint", "none", {}, "joint training: no balancing"),
             Variant("unimodal_weak", "unimodal", {"modality": w},
@@ -111,7 +112,7 @@ class Task:
                                     f"CGGM {part}, robust estimators"))
         for part in ("direction", "both"):
             variants.append(Variant(f"cggm_{part}_robust_strong", "cggm",
-                                    {**ablation[part], **robust, "lam": STRONG_LAMBDA},
+                                    {**ablation[part], **robust, "lambda": STRONG_LAMBDA},
                                     f"CGGM {part}, robust estimators, lambda {STRONG_LAMBDA}"))
         variants += [
             Variant("ogm_ge", "ogm_ge", {"alpha": 0.5}, "OGM-GE, M-modality form, alpha 0.5, with noise"),

@@ -66,9 +66,9 @@ def demo_overrides(size: int, epochs: int, seed: int, modulation: str) -> dict[s
         },
         "warmup_epochs": 1,
         # AdamW divides a constant gradient scale away: CGGM scales the update instead (docs/METHOD.md)
-        "apply_to": "update",
+        "cggm#apply_to": "update",
         # coefficients from the Dice of a batch of two volumes spike to +-100 without a bound
-        "coeff_clip": [0.0, 2.0],
+        "cggm#coeff_clip": [0.0, 2.0],
         "final_learning_rate": 1e-4,
     }
 
@@ -186,7 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ID=JSON",
         type=bundle_override,
-        help="any other bundle override, e.g. --set rho=1.2 --set 'coeff_clip=[0, 2]' (repeatable)",
+        help="any other bundle override, e.g. --set cggm#rho=1.2 --set 'cggm#coeff_clip=[0, 2]' (repeatable)",
     )
     parser.add_argument("--force", action="store_true",
                         help="replace the output of an earlier demo in --out (nothing else is removed)")

@@ -209,8 +209,8 @@ class ModalityHeadsHandler(NetworkHandler):
     def _measure(self, engine: Engine, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heads forward and backward on this batch (not stepped): per-modality (utilisation, loss).
 
-        Under DDP the utilisation and the head gradients are averaged over the ranks, so every
-        rank computes the same coefficients and keeps the same heads.
+        Under DDP the utilisation, the losses and the head gradients are averaged over the ranks, so
+        every rank computes the same coefficients (whichever rule reads them) and keeps the same heads.
         """
         if any(f is None for f in self._features):
             missing = [n for n, f in zip(self.encoder_names, self._features) if f is None]
@@ -228,23 +228,25 @@ class ModalityHeadsHandler(NetworkHandler):
         losses.sum().backward()
         with torch.no_grad():
             utilisation = self._score([p.detach() for p in predictions], target, losses.detach())
-        return self._all_reduce_heads(utilisation), losses.detach()
+        utilisation, losses = self._all_reduce_heads(torch.stack([utilisation, losses.detach()]))
+        return utilisation, losses
 
     def _score(self, predictions: list[torch.Tensor], target: torch.Tensor,
                losses: torch.Tensor) -> torch.Tensor:
         """Per-modality utilisation [M] of the heads' predictions: the ``metric`` of each."""
         return torch.stack([self.metric(p, target).float().reshape(()) for p in predictions])
 
-    def _all_reduce_heads(self, utilisation: torch.Tensor) -> torch.Tensor:
+    def _all_reduce_heads(self, measured: torch.Tensor) -> torch.Tensor:
+        """``measured`` and the heads' gradients averaged over the DDP ranks (unchanged in one process)."""
         world = _world_size()
         if world == 1:
-            return utilisation
-        dist.all_reduce(utilisation)
+            return measured
+        dist.all_reduce(measured)
         for param in self.heads.parameters():
             if param.grad is not None:
                 dist.all_reduce(param.grad)
                 param.grad.div_(world)
-        return utilisation / world
+        return measured / world
 
     def _encoder_grad_norms(self) -> torch.Tensor:
         norms = []
