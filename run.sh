@@ -3,11 +3,12 @@
 #   ./run.sh demo [demo options]   the main job (synthetic BraTS -> CGGM training -> evaluation)
 #   ./run.sh test [pytest options] ruff + the whole test suite
 #   ./run.sh cggm-seg ARGS...      any other cggm-seg command inside the environment
+#   ./run.sh image [--offline] [BUILD OPTIONS]  the container image cggm-seg (docs/CONTAINER.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${CGGM_VENV:-.venv}
-TORCH_VERSION=${CGGM_TORCH_VERSION:-2.13.0}
+TORCH_VERSION=${CGGM_TORCH_VERSION:-$(sed -n 's/^torch==//p' constraints.txt)}
 
 install_torch() {
   # A plain `pip install torch` on Linux pulls a multi-GB CUDA build; without a GPU take the CPU build.
@@ -42,6 +43,31 @@ setup() {
   fi
 }
 
+image() {
+  # docker where its daemon answers, else podman; CGGM_CONTAINER_ENGINE chooses. Other options go to
+  # the engine's build, e.g. --build-arg BASE_IMAGE=...; --offline installs from wheels/ only, with
+  # no network, as on an air-gapped cluster.
+  local engine=${CGGM_CONTAINER_ENGINE:-}
+  if [ -z "$engine" ]; then
+    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then engine=docker
+    elif command -v podman >/dev/null; then engine=podman
+    else echo "run.sh: no container engine: install docker or podman" >&2; exit 1
+    fi
+  fi
+  local args=()
+  for arg in "$@"; do
+    if [ "$arg" = --offline ]; then
+      if ! compgen -G "wheels/*.whl" >/dev/null; then
+        echo "run.sh: --offline installs from wheels/, which has no wheels (docs/CONTAINER.md)" >&2; exit 1
+      fi
+      args+=(--build-arg PIP_NO_INDEX=1 --network none)
+    else
+      args+=("$arg")
+    fi
+  done
+  exec "$engine" build --tag cggm-seg "${args[@]}" .
+}
+
 cmd=${1:-}
 [ -n "$cmd" ] && shift
 case "$cmd" in
@@ -51,5 +77,6 @@ case "$cmd" in
     ruff check .
     exec python -m pytest "$@" ;;
   cggm-seg) setup; exec cggm-seg "$@" ;;
-  *) echo "usage: ./run.sh {demo|test|cggm-seg} [args...]" >&2; exit 2 ;;
+  image) image "$@" ;;
+  *) echo "usage: ./run.sh {demo|test|cggm-seg|image} [args...]" >&2; exit 2 ;;
 esac
