@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and entry point: creates/reuses .venv, installs the project, then runs
 #   ./run.sh demo [demo options]   the main job (synthetic BraTS -> CGGM training -> evaluation)
-#   ./run.sh test [pytest options] ruff + the whole test suite
+#   ./run.sh test [pytest options] ruff (lint and format) + the whole test suite
 #   ./run.sh cggm-seg ARGS...      any other cggm-seg command inside the environment
 #   ./run.sh image [--offline] [BUILD OPTIONS]  the container image cggm-seg (docs/CONTAINER.md)
 set -euo pipefail
@@ -75,6 +75,7 @@ case "$cmd" in
   test)
     setup
     ruff check .
+    ruff format --check .
     exec python -m pytest "$@" ;;
   cggm-seg) setup; exec cggm-seg "$@" ;;
   image) image "$@" ;;

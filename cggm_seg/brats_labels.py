@@ -48,19 +48,22 @@ class LabelConvention:
 CONVENTIONS: dict[str, LabelConvention] = {
     # BraTS 2017-2021: 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing tumour.
     "brats2021": LabelConvention(
-        "brats2021", (0, 1, 2, 4),
+        "brats2021",
+        (0, 1, 2, 4),
         {"TC": (1, 4), "WT": (1, 2, 4), "ET": (4,)},
         (("WT", 2), ("TC", 1), ("ET", 4)),
     ),
     # BraTS 2023 GLI: 1 necrotic core, 2 oedema, 3 enhancing tumour.
     "brats2023": LabelConvention(
-        "brats2023", (0, 1, 2, 3),
+        "brats2023",
+        (0, 1, 2, 3),
         {"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,)},
         (("WT", 2), ("TC", 1), ("ET", 3)),
     ),
     # MSD Task01_BrainTumour: 1 oedema, 2 non-enhancing tumour, 3 enhancing tumour.
     "msd": LabelConvention(
-        "msd", (0, 1, 2, 3),
+        "msd",
+        (0, 1, 2, 3),
         {"TC": (2, 3), "WT": (1, 2, 3), "ET": (3,)},
         (("WT", 1), ("TC", 2), ("ET", 3)),
     ),

@@ -51,8 +51,9 @@ def read_datalist(datalist: str | Path) -> dict[str, Any]:
     """The datalist JSON as a dict, with a clear error for a missing or broken file."""
     path = Path(datalist)
     if not path.is_file():
-        raise UserError(f"datalist: {path} does not exist; write it with `cggm-seg prepare brats --root DIR "
-                        f"--out {path}`")
+        raise UserError(
+            f"datalist: {path} does not exist; write it with `cggm-seg prepare brats --root DIR --out {path}`"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -82,12 +83,18 @@ def datalist_base(datalist: str | Path, dataset_dir: str | Path, entries: list) 
     if first is None or (own / first).exists():
         return str(own)
     if (Path(dataset_dir) / first).exists():
-        warnings.warn(f"datalist: {datalist} lists paths relative to dataset_dir {dataset_dir}, not to "
-                      "its own folder as MONAI reads them (deprecated since 0.6.0, refused from 0.7.0): "
-                      "rewrite it with `cggm-seg prepare brats`", FutureWarning, stacklevel=2)
+        warnings.warn(
+            f"datalist: {datalist} lists paths relative to dataset_dir {dataset_dir}, not to "
+            "its own folder as MONAI reads them (deprecated since 0.6.0, refused from 0.7.0): "
+            "rewrite it with `cggm-seg prepare brats`",
+            FutureWarning,
+            stacklevel=2,
+        )
         return str(dataset_dir)
-    raise UserError(f"datalist: {datalist} lists {first}, which is neither under the datalist's folder {own} "
-                    f"nor under dataset_dir {dataset_dir}")
+    raise UserError(
+        f"datalist: {datalist} lists {first}, which is neither under the datalist's folder {own} "
+        f"nor under dataset_dir {dataset_dir}"
+    )
 
 
 def _entries(datalist: str | Path, dataset_dir: str | Path, key: str) -> list[dict]:
@@ -118,8 +125,10 @@ def refuse_colliding_names(entries: list[dict], where: str) -> None:
         name = prediction_name(entry)
         if name in seen:
             first, second = (_first_image([e]) for e in (seen[name], entry))
-            raise UserError(f"datalist: {where} lists two cases whose predictions would both be {name}: "
-                            f"{first} and {second}; rename one case (its folder and files)")
+            raise UserError(
+                f"datalist: {where} lists two cases whose predictions would both be {name}: "
+                f"{first} and {second}; rename one case (its folder and files)"
+            )
         seen[name] = entry
 
 
@@ -137,8 +146,13 @@ def fold_split(datalist: str | Path, dataset_dir: str | Path, fold: int) -> tupl
 ALL_FOLDS = "all"
 
 
-def select_entries(datalist: str | Path, dataset_dir: str | Path, key: str = "training",
-                   fold: int | str | None = None, setting: str = "fold") -> list[dict]:
+def select_entries(
+    datalist: str | Path,
+    dataset_dir: str | Path,
+    key: str = "training",
+    fold: int | str | None = None,
+    setting: str = "fold",
+) -> list[dict]:
     """Entries of list ``key`` for evaluation or inference: those of fold ``fold``, or all of them when
     ``fold`` is None or ``"all"``; a fold without entries is a one-line error naming the config id
     ``setting``."""
@@ -148,8 +162,10 @@ def select_entries(datalist: str | Path, dataset_dir: str | Path, key: str = "tr
     chosen = [e for e in entries if int(e.get("fold", -1)) == fold]
     if not chosen:
         folds = sorted({int(e["fold"]) for e in entries if "fold" in e})
-        raise UserError(f"{setting}: no entry of {key!r} in {datalist} has fold {fold!r} (folds {folds}, "
-                        f"or {ALL_FOLDS!r} for every entry)")
+        raise UserError(
+            f"{setting}: no entry of {key!r} in {datalist} has fold {fold!r} (folds {folds}, "
+            f"or {ALL_FOLDS!r} for every entry)"
+        )
     return chosen
 
 
@@ -171,7 +187,7 @@ def region_output(index: int) -> Callable[[Any], tuple[list, list]]:
 
     def transform(output: Any) -> tuple[list, list]:
         items = output if isinstance(output, list) else [output]
-        return ([i["pred"][index:index + 1] for i in items], [i["label"][index:index + 1] for i in items])
+        return ([i["pred"][index : index + 1] for i in items], [i["label"][index : index + 1] for i in items])
 
     return transform
 
@@ -191,10 +207,16 @@ def trained_checkpoint(ckpt_dir: str | Path, setting: str = "checkpoint", requir
         logger.info("%s: %s (best validation score)", setting, best)
         return str(best)
     if final.is_file():
-        logger.info("%s: %s (final weights; no %s, training stopped before its first validation)",
-                    setting, final, BEST_MODEL)
+        logger.info(
+            "%s: %s (final weights; no %s, training stopped before its first validation)",
+            setting,
+            final,
+            BEST_MODEL,
+        )
         return str(final)
     if not required:
         return str(best)
-    raise UserError(f"{setting}: neither {BEST_MODEL} nor {FINAL_CHECKPOINT} in {ckpt_dir} "
-                    f"(train first, or pass --{setting} PATH)")
+    raise UserError(
+        f"{setting}: neither {BEST_MODEL} nor {FINAL_CHECKPOINT} in {ckpt_dir} "
+        f"(train first, or pass --{setting} PATH)"
+    )

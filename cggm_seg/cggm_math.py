@@ -26,8 +26,10 @@ def balance_coefficients(
     optionally bounds the result.
     """
     if improvements.dim() != 1 or improvements.numel() < 2:
-        raise ValueError(f"improvements must be a 1-D tensor with one entry per modality (>= 2), "
-                         f"got shape {tuple(improvements.shape)}")
+        raise ValueError(
+            f"improvements must be a 1-D tensor with one entry per modality (>= 2), "
+            f"got shape {tuple(improvements.shape)}"
+        )
     total = improvements.sum()
     if total.abs() < sum_tolerance:
         coefficients = torch.ones_like(improvements)
@@ -45,8 +47,10 @@ def balancing_term(coefficients: torch.Tensor, cosines: torch.Tensor) -> torch.T
     coefficient. Differentiable in ``cosines`` (the coefficients are constants).
     """
     if coefficients.shape != cosines.shape or coefficients.dim() != 1:
-        raise ValueError(f"coefficients {tuple(coefficients.shape)} and cosines {tuple(cosines.shape)} "
-                         "must be 1-D tensors of the same length")
+        raise ValueError(
+            f"coefficients {tuple(coefficients.shape)} and cosines {tuple(cosines.shape)} "
+            "must be 1-D tensors of the same length"
+        )
     coefficients = coefficients.detach()
     return (coefficients.abs() - coefficients * cosines).mean()
 
@@ -80,8 +84,10 @@ def share_coefficients(improvements: torch.Tensor) -> torch.Tensor:
     balance and every coefficient is 1.
     """
     if improvements.dim() != 1 or improvements.numel() < 2:
-        raise ValueError(f"improvements must be a 1-D tensor with one entry per modality (>= 2), "
-                         f"got shape {tuple(improvements.shape)}")
+        raise ValueError(
+            f"improvements must be a 1-D tensor with one entry per modality (>= 2), "
+            f"got shape {tuple(improvements.shape)}"
+        )
     positive = improvements.clamp(min=0)
     total = positive.sum()
     if total <= 0:
@@ -99,8 +105,10 @@ def level_coefficients(head_losses: torch.Tensor, tolerance: float = DEFAULT_SUM
     non-negative; all 1 when the losses sum to (almost) zero.
     """
     if head_losses.dim() != 1 or head_losses.numel() < 2:
-        raise ValueError(f"head_losses must be a 1-D tensor with one entry per modality (>= 2), "
-                         f"got shape {tuple(head_losses.shape)}")
+        raise ValueError(
+            f"head_losses must be a 1-D tensor with one entry per modality (>= 2), "
+            f"got shape {tuple(head_losses.shape)}"
+        )
     losses = head_losses.clamp(min=0)
     total = losses.sum()
     if total < tolerance:

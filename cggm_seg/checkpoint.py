@@ -47,8 +47,11 @@ _STALE_TEMPORARY = re.compile(r"^\.(checkpoint_epoch=\d+|checkpoint_final|model)
 # ------------------------------------------------------------------------------------------ saving
 def epoch_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     """The ``checkpoint_epoch=N.pt`` files in ``folder`` as (N, path), oldest first."""
-    return sorted((int(m.group(1)), path) for path in Path(folder).glob("*.pt")
-                  if (m := CHECKPOINT_PATTERN.fullmatch(path.name)))
+    return sorted(
+        (int(m.group(1)), path)
+        for path in Path(folder).glob("*.pt")
+        if (m := CHECKPOINT_PATTERN.fullmatch(path.name))
+    )
 
 
 class _AtomicDiskSaver(BaseSaveHandler):
@@ -94,13 +97,26 @@ class SafeCheckpointSaver(CheckpointSaver):
     saves so that a resumed run keeps comparing against the best score so far.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, final_filename: str | None = None,
-                 key_metric_filename: str | None = None, **kwargs: Any) -> None:
-        super().__init__(save_dir, save_dict, final_filename=final_filename,
-                         key_metric_filename=key_metric_filename, **kwargs)
-        for checkpoint, filename in ((self._final_checkpoint, final_filename),
-                                     (self._key_metric_checkpoint, key_metric_filename),
-                                     (self._interval_checkpoint, None)):
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        final_filename: str | None = None,
+        key_metric_filename: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            save_dir,
+            save_dict,
+            final_filename=final_filename,
+            key_metric_filename=key_metric_filename,
+            **kwargs,
+        )
+        for checkpoint, filename in (
+            (self._final_checkpoint, final_filename),
+            (self._key_metric_checkpoint, key_metric_filename),
+            (self._interval_checkpoint, None),
+        ):
             if checkpoint is not None:
                 checkpoint.save_handler = _AtomicDiskSaver(save_dir, filename)
         self._taken_over = False
@@ -135,8 +151,11 @@ class SafeCheckpointSaver(CheckpointSaver):
         self._interval_checkpoint.load_state_dict({"_saved": [(epoch, path.name) for epoch, path in kept]})
         abandoned = [path.name for epoch, path in found if epoch >= engine.state.epoch]
         if abandoned:
-            logger.info("%s: %s of an earlier run will be replaced by this run's checkpoints", self.save_dir,
-                        ", ".join(abandoned))
+            logger.info(
+                "%s: %s of an earlier run will be replaced by this run's checkpoints",
+                self.save_dir,
+                ", ".join(abandoned),
+            )
         for name in abandoned:
             self._interval_checkpoint.save_handler.remove(name)
 
@@ -165,8 +184,13 @@ def run_identity(split: Sequence[Sequence[Mapping[str, Any]]], fold: Any, datali
     """
     train, validation = ([_case_key(e) for e in part] for part in split)
     digest = hashlib.sha256(json.dumps([sorted(train), sorted(validation)]).encode()).hexdigest()[:16]
-    return {"cases": digest, "fold": fold, "datalist": str(datalist), "train_cases": len(train),
-            "validation_cases": len(validation)}
+    return {
+        "cases": digest,
+        "fold": fold,
+        "datalist": str(datalist),
+        "train_cases": len(train),
+        "validation_cases": len(validation),
+    }
 
 
 class RunRecord:
@@ -177,17 +201,24 @@ class RunRecord:
     ``model.pt`` with whatever it scores.
     """
 
-    def __init__(self, identity: dict[str, Any], evaluator: Workflow,
-                 best_model_saver: SafeCheckpointSaver | None = None) -> None:
+    def __init__(
+        self,
+        identity: dict[str, Any],
+        evaluator: Workflow,
+        best_model_saver: SafeCheckpointSaver | None = None,
+    ) -> None:
         self.identity = identity
         self.evaluator = evaluator
         self.best_model_saver = best_model_saver  # None on the DDP ranks that do not save
 
     def state_dict(self) -> dict[str, Any]:
         state = self.evaluator.state
-        return {"identity": self.identity, "best_metric": float(state.best_metric),
-                "best_metric_epoch": int(state.best_metric_epoch),
-                "best_model": self.best_model_saver.state_dict() if self.best_model_saver else {}}
+        return {
+            "identity": self.identity,
+            "best_metric": float(state.best_metric),
+            "best_metric_epoch": int(state.best_metric_epoch),
+            "best_model": self.best_model_saver.state_dict() if self.best_model_saver else {},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.evaluator.state.best_metric = state["best_metric"]
@@ -238,10 +269,13 @@ class RandomStates:
         return list(_generators(self.transform, set()))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": _numpy_state(np.random.get_state()), "python": random.getstate(),
-                "transforms": [_numpy_state(g.get_state()) for g in self._transform_generators()]}
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state(np.random.get_state()),
+            "python": random.getstate(),
+            "transforms": [_numpy_state(g.get_state()) for g in self._transform_generators()],
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         torch.set_rng_state(state["torch"].cpu())
@@ -251,9 +285,12 @@ class RandomStates:
         random.setstate(state["python"])
         generators = self._transform_generators()
         if len(generators) != len(state["transforms"]):
-            logger.warning("resume: the augmentations differ from the checkpoint's (%d random transforms, "
-                           "%d saved); their random state is not restored", len(generators),
-                           len(state["transforms"]))
+            logger.warning(
+                "resume: the augmentations differ from the checkpoint's (%d random transforms, "
+                "%d saved); their random state is not restored",
+                len(generators),
+                len(state["transforms"]),
+            )
             return
         for generator, saved in zip(generators, state["transforms"]):
             generator.set_state(_from_numpy_state(saved))
@@ -277,8 +314,10 @@ def _first_line(err: Exception) -> str:
 def _check_identity(path: Path, checkpoint: Mapping, identity: Mapping[str, Any], allow_other: bool) -> None:
     record = checkpoint.get("run")
     if record is None:
-        raise UserError(f"resume: {path} has no run record (written by a bundle before version 0.3.0); "
-                        "continue it with that version, or start over: another output_dir or --resume false")
+        raise UserError(
+            f"resume: {path} has no run record (written by a bundle before version 0.3.0); "
+            "continue it with that version, or start over: another output_dir or --resume false"
+        )
     saved = record["identity"]
     if saved["cases"] == identity["cases"] or allow_other:
         return
@@ -286,7 +325,8 @@ def _check_identity(path: Path, checkpoint: Mapping, identity: Mapping[str, Any]
         f"resume: {path} was trained on fold {saved['fold']} of {saved['datalist']} ({saved['train_cases']} "
         f"training cases), this run is fold {identity['fold']} of {identity['datalist']} with other cases, "
         "whose validation cases it may have trained on; use another output_dir, --resume false to start "
-        "over, or --allow_other_fold true to continue it anyway")
+        "over, or --allow_other_fold true to continue it anyway"
+    )
 
 
 #: what ``torch.save(ddp.state_dict())`` puts before every name; Ignite's savers (the bundles') leave it out
@@ -299,8 +339,9 @@ def _strip_ddp_prefix(module: torch.nn.Module, state_dict: dict, prefix: str, *_
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, _DDP_PREFIX)
 
 
-def _check_weights(path: str | Path, weights: Mapping[str, Any], network: torch.nn.Module,
-                   setting: str) -> None:
+def _check_weights(
+    path: str | Path, weights: Mapping[str, Any], network: torch.nn.Module, setting: str
+) -> None:
     """One error line when the state dict ``weights`` does not fit ``network``: another network wrote it.
 
     Under DDP ``network`` is the wrapper, whose names start with ``module.``; the files hold the network
@@ -310,9 +351,12 @@ def _check_weights(path: str | Path, weights: Mapping[str, Any], network: torch.
     network = unwrap(network)
     expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     found = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}
-    if found and all(k.startswith(_DDP_PREFIX) for k in found) and not any(
-            k.startswith(_DDP_PREFIX) for k in expected):
-        found = {k[len(_DDP_PREFIX):]: shape for k, shape in found.items()}
+    if (
+        found
+        and all(k.startswith(_DDP_PREFIX) for k in found)
+        and not any(k.startswith(_DDP_PREFIX) for k in expected)
+    ):
+        found = {k[len(_DDP_PREFIX) :]: shape for k, shape in found.items()}
         network.register_load_state_dict_pre_hook(_strip_ddp_prefix)
     missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
     reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
@@ -322,7 +366,8 @@ def _check_weights(path: str | Path, weights: Mapping[str, Any], network: torch.
     differences = [f"{len(names)} {what}, e.g. {names[0]}" for names, what in kinds if names]
     raise UserError(
         f"{setting}: {path} was written with another network_def ({'; '.join(differences)}); give the same "
-        "network settings it was trained with (brats_cggm before 0.5.0: --network_def#norm instance)")
+        "network settings it was trained with (brats_cggm before 0.5.0: --network_def#norm instance)"
+    )
 
 
 def check_network_fits(path: str | Path, network: torch.nn.Module, setting: str = "checkpoint") -> None:
@@ -336,8 +381,13 @@ def check_network_fits(path: str | Path, network: torch.nn.Module, setting: str 
     _check_weights(path, weights, network, setting)
 
 
-def resume_checkpoint(ckpt_dir: str | Path, identity: Mapping[str, Any], resume: bool,
-                      allow_other: bool = False, network: torch.nn.Module | None = None) -> str | None:
+def resume_checkpoint(
+    ckpt_dir: str | Path,
+    identity: Mapping[str, Any],
+    resume: bool,
+    allow_other: bool = False,
+    network: torch.nn.Module | None = None,
+) -> str | None:
     """The newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` that loads, or None to start from scratch.
 
     A checkpoint that does not load is skipped with one warning line naming it; one from a run on other
@@ -389,6 +439,8 @@ def log_resume(resume_from: str | None, resume: bool, ckpt_dir: str | Path) -> b
     if resume_from:
         logger.info("resume: continuing from %s", resume_from)
     else:
-        logger.info("resume: %s; training starts from scratch",
-                    f"no complete checkpoint in {ckpt_dir}" if resume else "off")
+        logger.info(
+            "resume: %s; training starts from scratch",
+            f"no complete checkpoint in {ckpt_dir}" if resume else "off",
+        )
     return True

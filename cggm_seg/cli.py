@@ -59,23 +59,27 @@ def _canonical(argv: list[str]) -> list[str]:
     first = words[0]
     if argv[first] in _RENAMED:
         _deprecated(f"`cggm-seg {argv[first]}`", f"`cggm-seg {_RENAMED[argv[first]]}`")
-    argv = [*argv[:first], _RENAMED.get(argv[first], argv[first]), *argv[first + 1:]]
+    argv = [*argv[:first], _RENAMED.get(argv[first], argv[first]), *argv[first + 1 :]]
     default = _DEFAULT_SUBCOMMAND.get(argv[first])
     group = COMMANDS.get(argv[first])
     following = argv[first + 1] if first + 1 < len(argv) else None
     if default and isinstance(group, dict) and following not in group and following not in ("-h", "--help"):
         _deprecated(f"`cggm-seg {argv[first]}` without a subcommand", f"`cggm-seg {argv[first]} {default}`")
-        argv = [*argv[:first + 1], default, *argv[first + 1:]]
+        argv = [*argv[: first + 1], default, *argv[first + 1 :]]
     return argv
 
 
 def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"{old} is deprecated since 0.6.0 and will be removed in {_REMOVED_IN}; use {new}",
-                  FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"{old} is deprecated since 0.6.0 and will be removed in {_REMOVED_IN}; use {new}",
+        FutureWarning,
+        stacklevel=3,
+    )
 
 
-def _leaf_parser(parent: argparse._SubParsersAction, name: str, entry: tuple[str, str],
-                 selected: bool) -> None:
+def _leaf_parser(
+    parent: argparse._SubParsersAction, name: str, entry: tuple[str, str], selected: bool
+) -> None:
     help_text, module_name = entry
     parser = parent.add_parser(name, help=help_text, description=help_text)
     if selected:
@@ -105,8 +109,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = _canonical(sys.argv[1:] if argv is None else list(argv))
     args = build_parser(argv).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args._run(args) or 0)
     except UserError as err:

@@ -39,8 +39,20 @@ _NUMPY_GLOBALS = {
     ("multiarray", "scalar"),
     ("numeric", "_frombuffer"),  # protocol 5 rebuilds contiguous arrays from a buffer
 }
-_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes", "str", "int", "float",
-             "complex", "bool"}
+_BUILTINS = {
+    "dict",
+    "list",
+    "tuple",
+    "set",
+    "frozenset",
+    "bytearray",
+    "bytes",
+    "str",
+    "int",
+    "float",
+    "complex",
+    "bool",
+}
 
 
 def _numpy_internal(submodule: str, name: str) -> Any:
@@ -62,8 +74,8 @@ def _allowed_global(module: str, name: str) -> Any | None:
     if module == "numpy" and name in ("ndarray", "dtype"):
         return getattr(np, name)
     for package in ("numpy._core.", "numpy.core."):
-        if module.startswith(package) and (module[len(package):], name) in _NUMPY_GLOBALS:
-            return _numpy_internal(module[len(package):], name)
+        if module.startswith(package) and (module[len(package) :], name) in _NUMPY_GLOBALS:
+            return _numpy_internal(module[len(package) :], name)
     if module in ("builtins", "__builtin__") and name in _BUILTINS:
         return getattr(builtins, name)
     if (module, name) == ("collections", "OrderedDict"):
@@ -124,8 +136,11 @@ def safe_load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     with _open(source, ".npy file") as stream:
         try:
             version = np.lib.format.read_magic(stream)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             _, _, dtype = read_header(stream)
             if dtype.hasobject:  # an object .npy is its header followed by a pickle of the array
                 array = _unpickle(stream, source)
@@ -148,8 +163,10 @@ def check_new_outputs(paths: Iterable[str | os.PathLike], overwrite: bool = Fals
     if not overwrite:
         for path in paths:
             if Path(path).exists():
-                raise UserError(f"{path} already exists; pass --force (command line) or "
-                                "--overwrite true (bundles) to replace it")
+                raise UserError(
+                    f"{path} already exists; pass --force (command line) or "
+                    "--overwrite true (bundles) to replace it"
+                )
     return True
 
 
@@ -235,4 +252,3 @@ def write_json(path: str | os.PathLike, data: Any, overwrite: bool = False) -> P
     unless ``overwrite``."""
     text = json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     return write_atomic(path, lambda tmp: tmp.write_text(text), overwrite)
-

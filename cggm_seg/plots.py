@@ -39,16 +39,24 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
 def robust_limits(panels: Mapping[str, Series], low: float = 2.0, high: float = 98.0) -> tuple[float, float]:
     """y limits holding the ``low``..``high`` percentiles of every value, with a margin: a few spikes
     (CGGM's coefficients are huge when the summed improvement is near 0) do not flatten the rest."""
-    values = np.concatenate([np.asarray(y, dtype=float) for series in panels.values()
-                             for _, y in series.values()])
+    values = np.concatenate(
+        [np.asarray(y, dtype=float) for series in panels.values() for _, y in series.values()]
+    )
     lo, hi = np.percentile(values, [low, high])
     margin = 0.05 * (hi - lo) or 0.5
     return float(lo - margin), float(hi + margin)
 
 
-def line_panels(panels: Mapping[str, Series], path: Path, xlabel: str, ylabel: str, smooth: int = 1,
-                columns: int = 3, suptitle: str | None = None,
-                ylim: tuple[float, float] | None = None) -> Path:
+def line_panels(
+    panels: Mapping[str, Series],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    smooth: int = 1,
+    columns: int = 3,
+    suptitle: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
     """One subplot per panel, one line per series (``label -> (x, y)``), shared y axis; saves ``path``."""
     if not panels:
         raise ValueError("line_panels: nothing to plot")
@@ -67,7 +75,7 @@ def line_panels(panels: Mapping[str, Series], path: Path, xlabel: str, ylabel: s
         ax.set_ylabel(ylabel)
     if ylim is not None:
         axes.flat[0].set_ylim(*ylim)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=8)
     if suptitle:
@@ -75,8 +83,13 @@ def line_panels(panels: Mapping[str, Series], path: Path, xlabel: str, ylabel: s
     return _save(fig, path)
 
 
-def grouped_bars(groups: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                 path: Path, ylabel: str, title: str | None = None) -> Path:
+def grouped_bars(
+    groups: Sequence[str],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    ylabel: str,
+    title: str | None = None,
+) -> Path:
     """Bars of ``series`` (``label -> (means, stds)``, one value per group) side by side per group."""
     if not groups or not series:
         raise ValueError("grouped_bars: nothing to plot")
@@ -85,8 +98,15 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, tuple[Sequence[floa
     fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(groups) * len(series) + 2.0), 3.8))
     for k, (colour, (label, (means, stds))) in enumerate(zip(PALETTE * 4, series.items())):
         errors = stds if any(stds) else None
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, means, width, yerr=errors, label=label, color=colour,
-               capsize=2)
+        ax.bar(
+            x + (k - (len(series) - 1) / 2) * width,
+            means,
+            width,
+            yerr=errors,
+            label=label,
+            color=colour,
+            capsize=2,
+        )
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x, groups, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
@@ -97,8 +117,9 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, tuple[Sequence[floa
     return _save(fig, path)
 
 
-def paired_scatter(panels: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, xlabel: str,
-                   ylabel: str) -> Path:
+def paired_scatter(
+    panels: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, xlabel: str, ylabel: str
+) -> Path:
     """One subplot per panel (``title -> (x, y)``, one point per case) with the line ``y = x``: points
     above it are cases where the y run scored higher."""
     if not panels:
@@ -114,7 +135,7 @@ def paired_scatter(panels: Mapping[str, tuple[Sequence[float], Sequence[float]]]
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     return _save(fig, path)
 
@@ -146,8 +167,12 @@ def _region_layer(masks: Mapping[str, np.ndarray]) -> np.ndarray:
     return layer if layer is not None else np.zeros((1, 1, 4))
 
 
-def overlay_montage(images: Mapping[str, np.ndarray], rows: Mapping[str, Mapping[str, np.ndarray]],
-                    path: Path, title: str | None = None) -> Path:
+def overlay_montage(
+    images: Mapping[str, np.ndarray],
+    rows: Mapping[str, Mapping[str, np.ndarray]],
+    path: Path,
+    title: str | None = None,
+) -> Path:
     """A grid of 2-D ``images`` (columns) with each row's region masks overlaid in :data:`REGION_COLOURS`
     (each pixel coloured by the innermost region that holds it: ET over TC over WT).
 
@@ -175,8 +200,13 @@ def overlay_montage(images: Mapping[str, np.ndarray], rows: Mapping[str, Mapping
     return _save(fig, path, tight=False)
 
 
-def box_plots(rows: Sequence[Mapping[str, float]], keys: Sequence[str], out_dir: str | Path,
-              prefix: str = "", regions: Sequence[str] = tuple(REGION_COLOURS)) -> list[Path]:
+def box_plots(
+    rows: Sequence[Mapping[str, float]],
+    keys: Sequence[str],
+    out_dir: str | Path,
+    prefix: str = "",
+    regions: Sequence[str] = tuple(REGION_COLOURS),
+) -> list[Path]:
     """One PNG ``{prefix}{metric}.png`` per metric in ``keys`` (e.g. ``lesion_dice``), one box per region.
 
     Each box holds the cases' ``{metric}_{region}`` values (``region`` lower-cased, one box per entry of

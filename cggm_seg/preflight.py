@@ -64,8 +64,9 @@ def check_writable(folder: str | Path, setting: str) -> None:
 
 #: how a DataLoader worker's error reaches the main process: its traceback as text, whose last
 #: ``cggm_seg.errors.UserError: <message>`` line is the user's mistake
-_WORKER_USER_ERROR = re.compile(r"Original Traceback.*^cggm_seg\.errors\.UserError: (.*?)$",
-                                re.DOTALL | re.MULTILINE)
+_WORKER_USER_ERROR = re.compile(
+    r"Original Traceback.*^cggm_seg\.errors\.UserError: (.*?)$", re.DOTALL | re.MULTILINE
+)
 
 
 def user_error_in(error: BaseException | None) -> UserError | None:
@@ -100,19 +101,22 @@ def _one_line_user_errors(kind: type, error: BaseException, trace: Any, fallback
         print(f"error: {mistake}", file=sys.stderr)
 
 
-def _without_user_error_tracebacks(make_record: Callable[..., logging.LogRecord]
-                                   ) -> Callable[..., logging.LogRecord]:
+def _without_user_error_tracebacks(
+    make_record: Callable[..., logging.LogRecord],
+) -> Callable[..., logging.LogRecord]:
     """A log record factory whose records of a user's mistake keep their message and lose the traceback.
 
     MONAI's ``StatsHandler`` logs the exception that ends an engine with its traceback, once for each
     engine it passes through (evaluator, then trainer), on a logger of its own made when the trainer is
     built: a full disk at a validation's ``model.pt`` would print two pages above the one line.
     """
+
     def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
         if record.exc_info and user_error_in(record.exc_info[1]) is not None:
             record.exc_info = None
         return record
+
     make.user_errors_in_one_line = True
     return make
 
@@ -141,11 +145,20 @@ _RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "below one": ("a number in [0, 1)", lambda v: 0 <= v < 1),
 }
 SETTING_RANGES = {
-    "epochs": "positive integer", "val_interval": "positive integer", "batch_size": "positive integer",
-    "sw_batch_size": "positive integer", "num_workers": "count", "warmup_epochs": "count",
-    "learning_rate": "positive", "head_learning_rate": "positive", "grad_clip": "positive",
-    "final_learning_rate": "non-negative", "weight_decay": "non-negative", "cache_rate": "fraction",
-    "momentum": "below one", "sw_overlap": "below one",
+    "epochs": "positive integer",
+    "val_interval": "positive integer",
+    "batch_size": "positive integer",
+    "sw_batch_size": "positive integer",
+    "num_workers": "count",
+    "warmup_epochs": "count",
+    "learning_rate": "positive",
+    "head_learning_rate": "positive",
+    "grad_clip": "positive",
+    "final_learning_rate": "non-negative",
+    "weight_decay": "non-negative",
+    "cache_rate": "fraction",
+    "momentum": "below one",
+    "sw_overlap": "below one",
 }
 
 
@@ -159,10 +172,15 @@ def check_settings(**settings: Any) -> bool:
     """
     for name, value in settings.items():
         if name == "roi_size":
-            if not (isinstance(value, (list, tuple)) and value and all(
-                    isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-                raise UserError(f"roi_size: {value!r} must list the crop's edges in voxels, each >= 1, e.g. "
-                                "[128, 128, 128]")
+            if not (
+                isinstance(value, (list, tuple))
+                and value
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+            ):
+                raise UserError(
+                    f"roi_size: {value!r} must list the crop's edges in voxels, each >= 1, e.g. "
+                    "[128, 128, 128]"
+                )
             continue
         expected, holds = _RANGES[SETTING_RANGES[name]]
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -193,15 +211,24 @@ def check_training_data(split: Sequence[Sequence[Mapping[str, Any]]], batch_size
     than the training set trains nothing at all: the loader drops the incomplete batch (``drop_last``).
     """
     train, validation = split
-    missing = [(entry, path) for entry in [*train, *validation] for path in _entry_files(entry)
-               if not Path(path).is_file()]
+    missing = [
+        (entry, path)
+        for entry in [*train, *validation]
+        for path in _entry_files(entry)
+        if not Path(path).is_file()
+    ]
     if missing:
         (entry, path), more = missing[0], len(missing) - 1
-        raise UserError(f"datalist: case {entry.get('case_id', '?')}: {path} does not exist"
-                        + (f" ({more} more listed file(s) missing)" if more else ""))
+        raise UserError(
+            f"datalist: case {entry.get('case_id', '?')}: {path} does not exist"
+            + (f" ({more} more listed file(s) missing)" if more else "")
+        )
     if batch_size > len(train):
-        raise UserError(f"batch_size: {batch_size} is more than the {len(train)} training case(s); "
-                        "incomplete batches are dropped, so nothing would train (lower --batch_size)")
-    logger.info("data: %d training and %d validation cases, every listed file present", len(train),
-                len(validation))
+        raise UserError(
+            f"batch_size: {batch_size} is more than the {len(train)} training case(s); "
+            "incomplete batches are dropped, so nothing would train (lower --batch_size)"
+        )
+    logger.info(
+        "data: %d training and %d validation cases, every listed file present", len(train), len(validation)
+    )
     return True

@@ -45,8 +45,10 @@ def read_scalars(run_dir: Path) -> Curves:
 
     files = sorted(run_dir.rglob("events.out.tfevents.*"))
     if not files:
-        raise UserError(f"{run_dir}: no TensorBoard event files (events.out.tfevents.*); expected the "
-                        "output_dir of a bundle training run")
+        raise UserError(
+            f"{run_dir}: no TensorBoard event files (events.out.tfevents.*); expected the "
+            "output_dir of a bundle training run"
+        )
     points: dict[str, dict[int, float]] = defaultdict(dict)
     for path in files:
         accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
@@ -59,7 +61,7 @@ def read_scalars(run_dir: Path) -> Curves:
 def modality_series(scalars: Curves, kind: str) -> Curves:
     """``cggm/<kind>/<modality>`` curves keyed by modality."""
     head = f"{PREFIX}{kind}/"
-    return {tag[len(head):]: curve for tag, curve in scalars.items() if tag.startswith(head)}
+    return {tag[len(head) :]: curve for tag, curve in scalars.items() if tag.startswith(head)}
 
 
 def plot_curves(scalars: Curves, out: Path, smooth: int) -> tuple[list[Path], list[str]]:
@@ -88,28 +90,46 @@ def plot_curves(scalars: Curves, out: Path, smooth: int) -> tuple[list[Path], li
     return written, notes
 
 
-def montage(run_dir: Path, out: Path, dataset_dir: Path, datalist: Path | None, checkpoint: Path,
-            config: Path, overrides: dict[str, Any], fold: int) -> Path:
+def montage(
+    run_dir: Path,
+    out: Path,
+    dataset_dir: Path,
+    datalist: Path | None,
+    checkpoint: Path,
+    config: Path,
+    overrides: dict[str, Any],
+    fold: int,
+) -> Path:
     """Predict the first validation case of ``fold`` with ``checkpoint`` and draw the montage."""
     from ignite.handlers import Checkpoint
     from monai.bundle import ConfigParser
 
     if not checkpoint.is_file():
-        raise UserError(f"--checkpoint: {checkpoint} does not exist (the bundle writes model.pt when it "
-                        "validates)")
+        raise UserError(
+            f"--checkpoint: {checkpoint} does not exist (the bundle writes model.pt when it validates)"
+        )
     parser = ConfigParser()
     parser.read_config(str(config))
-    parser.update({"dataset_dir": str(dataset_dir), "output_dir": str(run_dir), "fold": fold,
-                   **({"datalist": str(datalist)} if datalist else {}), **overrides})
+    parser.update(
+        {
+            "dataset_dir": str(dataset_dir),
+            "output_dir": str(run_dir),
+            "fold": fold,
+            **({"datalist": str(datalist)} if datalist else {}),
+            **overrides,
+        }
+    )
     network = parser.get_parsed_content("network")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         Checkpoint.load_objects({"network": network}, state)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
-        raise UserError(f"--checkpoint: {checkpoint} does not fit the network of {config} ({first}); "
-                        "pass the settings the run was trained with, e.g. "
-                        "--override 'network_def#channels=[8,16,32,64]'") from None
+        raise UserError(
+            f"--checkpoint: {checkpoint} does not fit the network of {config} ({first}); "
+            "pass the settings the run was trained with, e.g. "
+            "--override 'network_def#channels=[8,16,32,64]'"
+        ) from None
     case = parser.get_parsed_content("split")[1][0]
     item = parser.get_parsed_content("validate#preprocessing")(case)
     network.eval()
@@ -122,8 +142,14 @@ def montage(run_dir: Path, out: Path, dataset_dir: Path, datalist: Path | None, 
     k = int(whole.argmax())
     names = parser.get_parsed_content("modalities")
     regions = ("TC", "WT", "ET")
-    rows = {"ground truth": {r: label[i, :, :, k] > 0 for i, r in enumerate(regions)},
-            "prediction": {r: pred[i, :, :, k] > 0 for i, r in enumerate(regions)}}
+    rows = {
+        "ground truth": {r: label[i, :, :, k] > 0 for i, r in enumerate(regions)},
+        "prediction": {r: pred[i, :, :, k] > 0 for i, r in enumerate(regions)},
+    }
     case_id = case.get("case_id", Path(str(case["label"])).name)
-    return overlay_montage({n: image[i, :, :, k] for i, n in enumerate(names)}, rows, out / "montage.png",
-                           title=f"{case_id}, axial slice {k} (fold {fold} validation case)")
+    return overlay_montage(
+        {n: image[i, :, :, k] for i, n in enumerate(names)},
+        rows,
+        out / "montage.png",
+        title=f"{case_id}, axial slice {k} (fold {fold} validation case)",
+    )

@@ -41,8 +41,11 @@ def _process_start(pid: int) -> float | None:
     """When process ``pid`` started (seconds since the epoch), where ``/proc`` says; None elsewhere."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
     except (OSError, StopIteration, IndexError, ValueError):
         return None
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
@@ -109,8 +112,14 @@ class RunLock:
     def _take(self, folder: Path, setting: str) -> None:
         path = folder / LOCK_NAME
         folder.mkdir(parents=True, exist_ok=True)
-        content = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
-                              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode()
+        content = json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "time": time.time(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            }
+        ).encode()
         while True:
             try:
                 descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -136,18 +145,27 @@ class RunLock:
             pid, host, since, started = holder["pid"], holder["host"], holder["time"], holder["started"]
         except (ValueError, KeyError, TypeError):
             if age < _UNWRITTEN_GRACE_S:  # being written by a run starting right now
-                raise UserError(f"{setting}: {folder} is being locked by another run starting now; wait for "
-                                f"it or choose another --{setting}") from None
+                raise UserError(
+                    f"{setting}: {folder} is being locked by another run starting now; wait for "
+                    f"it or choose another --{setting}"
+                ) from None
             logger.warning("%s: taking over %s, an unreadable lock left by a killed run", setting, path)
         else:
             ours = pid == os.getpid() and host == socket.gethostname()
             if not ours and (host != socket.gethostname() or _running(pid, since)):
                 raise UserError(
                     f"{setting}: {folder} is in use by process {pid} on {host} (started {started}); wait for "
-                    f"it or choose another --{setting} (remove {path} if that run is gone)")
+                    f"it or choose another --{setting} (remove {path} if that run is gone)"
+                )
             if not ours:
-                logger.warning("%s: taking over %s, left by process %d on %s (started %s), which is no "
-                               "longer running", setting, path, pid, host, started)
+                logger.warning(
+                    "%s: taking over %s, left by process %d on %s (started %s), which is no longer running",
+                    setting,
+                    path,
+                    pid,
+                    host,
+                    started,
+                )
         with contextlib.suppress(FileNotFoundError):
             if path.read_bytes() == found:  # not replaced by a run that took it over meanwhile
                 path.unlink()

@@ -33,4 +33,5 @@ class StopOnNonFiniteLoss:
             raise UserError(
                 f"training: {where} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
                 "stopped before the weights took the step (check the images for NaN/Inf with `cggm-seg "
-                "prepare brats`, or lower learning_rate)")
+                "prepare brats`, or lower learning_rate)"
+            )

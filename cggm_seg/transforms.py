@@ -42,8 +42,11 @@ class LoadCaseImaged(LoadImaged):
     def _unreadable_file(self, data: Mapping[Hashable, object]) -> str:
         """The first of the keys' files that does not load on its own (else all of them: they load one by
         one, but not together, e.g. of different shapes)."""
-        paths = [str(p) for key in self.key_iterator(dict(data))
-                 for p in (data[key] if isinstance(data[key], (list, tuple)) else [data[key]])]
+        paths = [
+            str(p)
+            for key in self.key_iterator(dict(data))
+            for p in (data[key] if isinstance(data[key], (list, tuple)) else [data[key]])
+        ]
         for path in paths:
             try:
                 self._loader(path)

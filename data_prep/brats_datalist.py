@@ -57,15 +57,19 @@ class FolderLayout:
 
 
 FOLDER_LAYOUTS: dict[str, FolderLayout] = {
-    "brats2021": FolderLayout("brats2021", "_", {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2",
-                                                 LABEL_KEY: "seg"}),
-    "brats2023": FolderLayout("brats2023", "-", {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w",
-                                                 LABEL_KEY: "seg"}),
+    "brats2021": FolderLayout(
+        "brats2021", "_", {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2", LABEL_KEY: "seg"}
+    ),
+    "brats2023": FolderLayout(
+        "brats2023", "-", {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", LABEL_KEY: "seg"}
+    ),
 }
 # Every layout's name is also the name of its label convention in cggm_seg.brats_labels.
 LAYOUTS = (*FOLDER_LAYOUTS, "msd")
-_EXAMPLES = ("case folders such as BraTS2021_00000/BraTS2021_00000_flair.nii.gz or "
-             f"BraTS-GLI-00000-000/BraTS-GLI-00000-000-t2f.nii.gz, or {MSD_IMAGES}/ and {MSD_LABELS}/ (MSD)")
+_EXAMPLES = (
+    "case folders such as BraTS2021_00000/BraTS2021_00000_flair.nii.gz or "
+    f"BraTS-GLI-00000-000/BraTS-GLI-00000-000-t2f.nii.gz, or {MSD_IMAGES}/ and {MSD_LABELS}/ (MSD)"
+)
 
 
 @contextmanager
@@ -99,8 +103,10 @@ def _nifti_files(folder: Path) -> dict[Path, str]:
 
 def _layout_matches(files: dict[Path, str], layout: FolderLayout) -> dict[str, list[Path]]:
     """The files of a case folder that carry each of ``layout``'s suffixes."""
-    return {key: [p for p, stem in files.items() if stem.endswith(layout.separator + suffix)]
-            for key, suffix in layout.suffixes.items()}
+    return {
+        key: [p for p, stem in files.items() if stem.endswith(layout.separator + suffix)]
+        for key, suffix in layout.suffixes.items()
+    }
 
 
 def _single(case_id: str, key: str, found: list[Path], expected: str, problems: list[str]) -> Path | None:
@@ -115,16 +121,21 @@ def _single(case_id: str, key: str, found: list[Path], expected: str, problems: 
     return None
 
 
-def _folder_case(folder: Path, layout: FolderLayout, matches: dict[str, list[Path]],
-                 files: dict[Path, str]) -> tuple[CaseFiles, list[str]]:
+def _folder_case(
+    folder: Path, layout: FolderLayout, matches: dict[str, list[Path]], files: dict[Path, str]
+) -> tuple[CaseFiles, list[str]]:
     case_id, problems = folder.name, []
-    picked = {key: _single(case_id, key, found, layout.file_name(case_id, key), problems)
-              for key, found in matches.items()}
+    picked = {
+        key: _single(case_id, key, found, layout.file_name(case_id, key), problems)
+        for key, found in matches.items()
+    }
     matched = {p for found in matches.values() for p in found}
     for path, stem in files.items():
         if path not in matched and ("seg" in stem.lower() or "label" in stem.lower()):
-            problems.append(f"{case_id}: {path.name}: extra label-like file beside "
-                            f"{layout.file_name(case_id, LABEL_KEY)}; remove it or move it away")
+            problems.append(
+                f"{case_id}: {path.name}: extra label-like file beside "
+                f"{layout.file_name(case_id, LABEL_KEY)}; remove it or move it away"
+            )
     return CaseFiles(case_id, tuple(picked[s] for s in SEQUENCES), picked[LABEL_KEY]), problems
 
 
@@ -144,7 +155,7 @@ def _scan_folders(root: Path) -> tuple[str | None, list[CaseFiles], dict[str, li
         raise UserError(f"{root} mixes case layouts ({counts}); expected one layout per root")
     if not found:
         return None, [], {}
-    (name, results), = found.items()
+    ((name, results),) = found.items()
     return name, [case for case, _ in results], {case.case_id: probs for case, probs in results if probs}
 
 
@@ -160,8 +171,10 @@ def _scan_msd(root: Path) -> tuple[list[CaseFiles], dict[str, list[str]]]:
     cases, problems = [], {}
     for case_id, found in sorted(by_id.items()):
         wrong: list[str] = []
-        image, label = (_single(case_id, what, found[folder], f"{folder}/{case_id}.nii.gz", wrong)
-                        for what, folder in (("image", MSD_IMAGES), (LABEL_KEY, MSD_LABELS)))
+        image, label = (
+            _single(case_id, what, found[folder], f"{folder}/{case_id}.nii.gz", wrong)
+            for what, folder in (("image", MSD_IMAGES), (LABEL_KEY, MSD_LABELS))
+        )
         cases.append(CaseFiles(case_id, (image,), label))
         if wrong:
             problems[case_id] = wrong
@@ -205,12 +218,23 @@ def _path(path: Path, base: Path | None) -> str:
 
 def _entry(case: CaseFiles, base: Path | None, layout: str, fold: int) -> dict:
     images = [_path(p, base) for p in case.images]
-    return {"image": images if len(images) > 1 else images[0], "label": _path(case.label, base), "fold": fold,
-            "case_id": case.case_id, "label_convention": layout}
+    return {
+        "image": images if len(images) > 1 else images[0],
+        "label": _path(case.label, base),
+        "fold": fold,
+        "case_id": case.case_id,
+        "label_convention": layout,
+    }
 
 
-def build_datalist(root: Path, folds: int, seed: int = 0, skip_invalid: bool = False,
-                   base_dir: Path | None = None, absolute: bool = False) -> tuple[dict, list[str]]:
+def build_datalist(
+    root: Path,
+    folds: int,
+    seed: int = 0,
+    skip_invalid: bool = False,
+    base_dir: Path | None = None,
+    absolute: bool = False,
+) -> tuple[dict, list[str]]:
     """Validate every case under ``root`` and build the datalist of the valid ones.
 
     Paths are relative to ``base_dir`` (default ``root``), where the datalist will be, or absolute.
@@ -230,9 +254,13 @@ def build_datalist(root: Path, folds: int, seed: int = 0, skip_invalid: bool = F
     if not valid:
         raise UserError(_problem_report(f"no valid {layout} case in {root}; no datalist written:", listed))
     if listed and not skip_invalid:
-        raise UserError(_problem_report(
-            f"{len(listed)} problem(s) in {len(problems)} of {len(cases)} cases under {root}; "
-            "no datalist written (fix them, or pass --skip-invalid to leave those cases out):", listed))
+        raise UserError(
+            _problem_report(
+                f"{len(listed)} problem(s) in {len(problems)} of {len(cases)} cases under {root}; "
+                "no datalist written (fix them, or pass --skip-invalid to leave those cases out):",
+                listed,
+            )
+        )
     if folds > len(valid):
         raise UserError(f"--folds {folds} is more than the {len(valid)} valid case(s) in {root}")
     fold_of = assign_folds([case.case_id for case in valid], folds, seed)
@@ -241,14 +269,23 @@ def build_datalist(root: Path, folds: int, seed: int = 0, skip_invalid: bool = F
         "label_convention": layout,
         "sequences": list(SEQUENCES),
         "num_folds": folds,
-        "training": [_entry(case, None if absolute else base_dir or root, layout, fold_of[case.case_id])
-                     for case in valid],
+        "training": [
+            _entry(case, None if absolute else base_dir or root, layout, fold_of[case.case_id])
+            for case in valid
+        ],
     }
     return datalist, listed
 
 
-def write_datalist(root: Path, out: Path, folds: int, seed: int = 0, skip_invalid: bool = False,
-                   force: bool = False, absolute: bool = False) -> tuple[dict, list[str]]:
+def write_datalist(
+    root: Path,
+    out: Path,
+    folds: int,
+    seed: int = 0,
+    skip_invalid: bool = False,
+    force: bool = False,
+    absolute: bool = False,
+) -> tuple[dict, list[str]]:
     """Build the datalist of ``root`` and write it to ``out`` as JSON; an existing ``out`` needs ``force``.
 
     Paths are relative to ``out``'s folder, as MONAI reads them (absolute with ``absolute``). Where

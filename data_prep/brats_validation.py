@@ -79,8 +79,10 @@ def _open_complete(path: Path) -> nib.Nifti1Image:
 
 def _dimension_problem(shape: tuple[int, ...], four_d: bool) -> str | None:
     if four_d and (len(shape) != 4 or shape[3] != len(SEQUENCES)):
-        return (f"expected a 4-D image with {len(SEQUENCES)} channels (FLAIR, T1w, T1gd, T2w), "
-                f"found shape {shape}")
+        return (
+            f"expected a 4-D image with {len(SEQUENCES)} channels (FLAIR, T1w, T1gd, T2w), "
+            f"found shape {shape}"
+        )
     if not four_d and len(shape) != 3:
         return f"expected a 3-D volume, found shape {shape}"
     return None
@@ -145,6 +147,7 @@ def check_case(case: CaseFiles, layout: str) -> list[str]:
             report(path, f"shape {image.shape[:3]} differs from {ref_path.name}'s {ref.shape[:3]}")
         gap = float(np.max(np.abs(image.affine - ref.affine)))
         if gap > AFFINE_ATOL:
-            report(path, f"affine differs from {ref_path.name}'s by up to {gap:.4g} "
-                         f"(tolerance {AFFINE_ATOL})")
+            report(
+                path, f"affine differs from {ref_path.name}'s by up to {gap:.4g} (tolerance {AFFINE_ATOL})"
+            )
     return problems

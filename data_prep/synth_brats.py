@@ -81,8 +81,9 @@ def _ellipsoid_radius(grid: tuple[np.ndarray, ...], centre: np.ndarray, radii: n
     return np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)))
 
 
-def _anatomy(rng: np.random.Generator, grid: tuple[np.ndarray, ...],
-             size: int) -> tuple[np.ndarray, np.ndarray]:
+def _anatomy(
+    rng: np.random.Generator, grid: tuple[np.ndarray, ...], size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Brain mask and healthy tissue map (white matter, cortex, ventricles) of a wobbly ellipsoid brain."""
     radii = _BRAIN_RADII * rng.uniform(0.92, 1.0, 3)
     radius = _ellipsoid_radius(grid, np.zeros(3), radii) + 0.05 * _smooth_field(rng, size, 4)
@@ -96,8 +97,9 @@ def _anatomy(rng: np.random.Generator, grid: tuple[np.ndarray, ...],
     return brain, tissue
 
 
-def _tumour(rng: np.random.Generator, grid: tuple[np.ndarray, ...], size: int,
-            brain: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tumour(
+    rng: np.random.Generator, grid: tuple[np.ndarray, ...], size: int, brain: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nested whole-tumour, core and necrosis masks: three irregular, concentric level sets."""
     centre = rng.uniform(-0.45, 0.45, 3) * _BRAIN_RADII
     spread = _ellipsoid_radius(grid, centre, rng.uniform(0.26, 0.40, 3))
@@ -147,9 +149,14 @@ def _misplaced_lesion(healthy: np.ndarray, lesion: np.ndarray, brain: np.ndarray
     return elsewhere
 
 
-def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | None = None,
-               contrast: dict[str, float] | None = None, texture: tuple[str, ...] = (),
-               misplaced: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def synth_case(
+    rng: np.random.Generator,
+    size: int,
+    noise: dict[str, float] | None = None,
+    contrast: dict[str, float] | None = None,
+    texture: tuple[str, ...] = (),
+    misplaced: dict[str, float] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One phantom: float32 images by sequence (``SEQUENCES`` order) and a brats2021 label map (uint8).
 
     The tumour is redrawn until its three regions are all present, so every case has WT, TC and ET.
@@ -162,7 +169,7 @@ def synth_case(rng: np.random.Generator, size: int, noise: dict[str, float] | No
     contrast = _sequence_settings(contrast, DEFAULT_CONTRAST, "contrast")
     texture = _texture_sequences(texture)
     misplaced = _shares(misplaced)
-    axis = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0)
+    axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
     grid = (axis[:, None, None], axis[None, :, None], axis[None, None, :])
     brain, healthy = _anatomy(rng, grid, size)
     for _ in range(_PLACEMENT_TRIES):
@@ -216,12 +223,16 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def case_id(layout: str, index: int) -> str:
     """The name the real release gives case ``index`` (MSD counts from 1)."""
-    return {"brats2021": f"BraTS2021_{index:05d}", "brats2023": f"BraTS-GLI-{index:05d}-000",
-            "msd": f"BRATS_{index + 1:03d}"}[layout]
+    return {
+        "brats2021": f"BraTS2021_{index:05d}",
+        "brats2023": f"BraTS-GLI-{index:05d}-000",
+        "msd": f"BRATS_{index + 1:03d}",
+    }[layout]
 
 
-def write_case(out: Path, layout: str, index: int, images: dict[str, np.ndarray], label: np.ndarray,
-                affine: np.ndarray) -> Path:
+def write_case(
+    out: Path, layout: str, index: int, images: dict[str, np.ndarray], label: np.ndarray, affine: np.ndarray
+) -> Path:
     """Write one case in ``layout``; returns its folder (folder layouts) or its 4-D image (MSD)."""
     name = case_id(layout, index)
     label = CONVENTIONS[layout].label_map(CONVENTIONS["brats2021"].region_masks(label))
@@ -243,21 +254,32 @@ def _msd_description(cases: int) -> dict:
     """A ``dataset.json`` shaped like the one shipped with MSD Task01_BrainTumour."""
     names = [case_id("msd", i) for i in range(cases)]
     return {
-        "name": "BRATS", "description": "Synthetic gliomas in the MSD Task01 layout (cggm-seg synth brats)",
+        "name": "BRATS",
+        "description": "Synthetic gliomas in the MSD Task01 layout (cggm-seg synth brats)",
         "tensorImageSize": "4D",
         "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
         "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-        "numTraining": cases, "numTest": 0,
-        "training": [{"image": f"./{MSD_IMAGES}/{n}.nii.gz", "label": f"./{MSD_LABELS}/{n}.nii.gz"}
-                     for n in names],
+        "numTraining": cases,
+        "numTest": 0,
+        "training": [
+            {"image": f"./{MSD_IMAGES}/{n}.nii.gz", "label": f"./{MSD_LABELS}/{n}.nii.gz"} for n in names
+        ],
         "test": [],
     }
 
 
-def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str = "brats2021",
-                        noise: dict[str, float] | None = None, contrast: dict[str, float] | None = None,
-                        force: bool = False, texture: tuple[str, ...] = (),
-                        misplaced: dict[str, float] | None = None) -> list[Path]:
+def write_brats_dataset(
+    out: Path,
+    cases: int,
+    size: int,
+    seed: int,
+    layout: str = "brats2021",
+    noise: dict[str, float] | None = None,
+    contrast: dict[str, float] | None = None,
+    force: bool = False,
+    texture: tuple[str, ...] = (),
+    misplaced: dict[str, float] | None = None,
+) -> list[Path]:
     """Write ``cases`` phantoms of ``size``^3 voxels under ``out`` in ``layout``; one path per case.
 
     Refuses a non-empty ``out`` unless ``force``; even then it only replaces the files it writes.
@@ -282,8 +304,9 @@ def write_brats_dataset(out: Path, cases: int, size: int, seed: int, layout: str
     affine = brats_affine(size)
     written = []
     for index in tqdm(range(cases), desc="synthesising", unit="case", disable=None):
-        images, label = synth_case(np.random.default_rng([seed, index]), size, noise, contrast, texture,
-                                   misplaced)
+        images, label = synth_case(
+            np.random.default_rng([seed, index]), size, noise, contrast, texture, misplaced
+        )
         written.append(write_case(out, layout, index, images, label, affine))
     if layout == "msd":
         with atomic_output(out / "dataset.json") as tmp:
@@ -301,6 +324,7 @@ def parse_sequence_values(text: str, option: str) -> dict[str, float]:
                 raise ValueError
             values[name.strip()] = float(value)
         except ValueError:
-            raise UserError(f"{option}: {item!r} is not name=number "
-                            f"(e.g. {option} flair=0.3,t1ce=2)") from None
+            raise UserError(
+                f"{option}: {item!r} is not name=number (e.g. {option} flair=0.3,t1ce=2)"
+            ) from None
     return values

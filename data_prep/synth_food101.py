@@ -52,8 +52,9 @@ def _write_image(path: Path, class_index: int, rng: np.random.Generator, force: 
     write_atomic(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"), force)
 
 
-def _write_split(out: Path, split: str, n: int, num_classes: int, weights: dict[str, np.ndarray],
-                 rng: np.random.Generator) -> None:
+def _write_split(
+    out: Path, split: str, n: int, num_classes: int, weights: dict[str, np.ndarray], rng: np.random.Generator
+) -> None:
     list_name = list_path(out, split).stem
     labels = class_labels(n, num_classes, rng)
     records: list[dict[str, Any]] = []
@@ -61,8 +62,14 @@ def _write_split(out: Path, split: str, n: int, num_classes: int, weights: dict[
         class_name = CLASS_NAMES[label]
         img_path = f"images/{list_name}/{class_name}/{class_name}_{i:04d}.png"
         _write_image(out / img_path, int(label), rng, force=True)
-        records.append({"id": f"{class_name}_{list_name}_{i:04d}.png", "img_path": img_path,
-                        "text_tokens": _text_tokens(class_name, rng), "label": class_name})
+        records.append(
+            {
+                "id": f"{class_name}_{list_name}_{i:04d}.png",
+                "img_path": img_path,
+                "text_tokens": _text_tokens(class_name, rng),
+                "label": class_name,
+            }
+        )
     write_atomic(list_path(out, split), lambda tmp: tmp.write_text(json.dumps(records, indent=1)), True)
 
     codes = label_codes(labels, num_classes)

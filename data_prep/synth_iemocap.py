@@ -45,8 +45,11 @@ from data_prep.synth_sequences import (
     split_sizes,
 )
 
-SPECS = (ModalitySpec("text", 10, 16, 1.0), ModalitySpec("audio", 16, 8, 0.5),
-         ModalitySpec("vision", 12, 8, 0.3))
+SPECS = (
+    ModalitySpec("text", 10, 16, 1.0),
+    ModalitySpec("audio", 16, 8, 0.5),
+    ModalitySpec("vision", 12, 8, 0.3),
+)
 #: feature sizes of the features the authors train on (text, audio, vision)
 REAL_DIMS = (1024, 130, 342)
 FORMATS = ("mult", "h5")
@@ -62,13 +65,20 @@ def parse_dims(text: str | None) -> tuple[ModalitySpec, ...]:
     except ValueError:
         dims = []
     if len(dims) != len(SPECS) or min(dims) < 1:
-        raise UserError(f"--dims {text!r}: expected {len(SPECS)} positive sizes for "
-                        f"{','.join(MODALITIES)}, e.g. {','.join(map(str, REAL_DIMS))}")
+        raise UserError(
+            f"--dims {text!r}: expected {len(SPECS)} positive sizes for "
+            f"{','.join(MODALITIES)}, e.g. {','.join(map(str, REAL_DIMS))}"
+        )
     return tuple(dataclasses.replace(spec, dim=dim) for spec, dim in zip(SPECS, dims, strict=True))
 
 
-def _split(n: int, specs: Sequence[ModalitySpec], weights: dict[str, np.ndarray], rng: np.random.Generator,
-           variable: bool) -> dict[str, Any]:
+def _split(
+    n: int,
+    specs: Sequence[ModalitySpec],
+    weights: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    variable: bool,
+) -> dict[str, Any]:
     """Labels and ``[N, T, D]`` features (zero after each sample's length when ``variable``)."""
     labels = class_labels(n, NUM_CLASSES, rng)
     codes = label_codes(labels, NUM_CLASSES)
@@ -80,8 +90,9 @@ def _split(n: int, specs: Sequence[ModalitySpec], weights: dict[str, np.ndarray]
     return data
 
 
-def make_splits(n: int, seed: int, variable: bool,
-                specs: Sequence[ModalitySpec] = SPECS) -> dict[str, dict[str, Any]]:
+def make_splits(
+    n: int, seed: int, variable: bool, specs: Sequence[ModalitySpec] = SPECS
+) -> dict[str, dict[str, Any]]:
     """``{"train"|"valid"|"test": {"labels": [N], modality: [N, T, D], modality_lengths: [N] | None}}``."""
     rng = np.random.default_rng(seed)
     weights = projections(tuple(specs), NUM_CLASSES, rng)
@@ -111,6 +122,7 @@ def _write_h5(path: Path, arrays: dict[str, np.ndarray], force: bool) -> None:
         with h5py.File(tmp, "w") as h5:
             for key, values in arrays.items():
                 h5[key] = values
+
     write_atomic(path, write, force)
 
 
@@ -118,8 +130,11 @@ def write_h5_folder(root: Path, splits: dict[str, dict[str, Any]], cv: int, forc
     """Write the folder layout under ``root``; the statistics are those of fold ``cv``'s training split."""
     names = {split: _utterance_names(split, len(data["labels"])) for split, data in splits.items()}
     for name in MODALITIES:
-        arrays = {utterance: steps for split, data in splits.items()
-                  for utterance, steps in zip(names[split], _valid_steps(data, name), strict=True)}
+        arrays = {
+            utterance: steps
+            for split, data in splits.items()
+            for utterance, steps in zip(names[split], _valid_steps(data, name), strict=True)
+        }
         _write_h5(root / FEATURE_DIRS[name] / f"{DEFAULT_FEATURE_TYPES[name]}.h5", arrays, force)
     frames = np.concatenate(_valid_steps(splits["train"], "audio"))
     audio = root / FEATURE_DIRS["audio"] / f"{DEFAULT_FEATURE_TYPES['audio']}.h5"
@@ -133,8 +148,15 @@ def write_h5_folder(root: Path, splits: dict[str, dict[str, Any]], cv: int, forc
         write_atomic(target / f"{prefix}_int2name.npy", lambda tmp, a=utterances: np.save(tmp, a), force)
 
 
-def write_iemocap(out: Path, fmt: str, n: int, seed: int, cv: int = 1, force: bool = False,
-                  specs: Sequence[ModalitySpec] = SPECS) -> dict[str, int]:
+def write_iemocap(
+    out: Path,
+    fmt: str,
+    n: int,
+    seed: int,
+    cv: int = 1,
+    force: bool = False,
+    specs: Sequence[ModalitySpec] = SPECS,
+) -> dict[str, int]:
     """Write a MulT pickle (``fmt="mult"``) or the h5 feature folder (``"h5"``); samples per split."""
     splits = make_splits(n, seed, variable=fmt == "h5", specs=specs)
     if fmt == "mult":

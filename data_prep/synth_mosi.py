@@ -26,25 +26,31 @@ from data_prep.synth_sequences import (
     split_sizes,
 )
 
-SPECS = (ModalitySpec("text", 12, 16, 1.0), ModalitySpec("audio", 16, 8, 0.5),
-         ModalitySpec("vision", 16, 8, 0.25))
+SPECS = (
+    ModalitySpec("text", 12, 16, 1.0),
+    ModalitySpec("audio", 16, 8, 0.5),
+    ModalitySpec("vision", 16, 8, 0.25),
+)
 FORMATS = ("mult", "mmsa")
 PICKLE_PROTOCOL = 4
 
 
-def _mult_split(n: int, split: str, weights: dict[str, np.ndarray],
-                rng: np.random.Generator) -> dict[str, Any]:
+def _mult_split(
+    n: int, split: str, weights: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, Any]:
     labels = sentiment_labels(n, rng)
-    data: dict[str, Any] = {spec.name: modality_features(label_codes(labels), spec, weights[spec.name], rng)
-                            for spec in SPECS}
+    data: dict[str, Any] = {
+        spec.name: modality_features(label_codes(labels), spec, weights[spec.name], rng) for spec in SPECS
+    }
     data["audio"][rng.random(data["audio"].shape) < 0.01] = -np.inf  # MulT's COVAREP quirk
     data["labels"] = labels.reshape(n, 1, 1)
     data["id"] = np.array([[f"synth_{split}_{i:04d}", "0", "1"] for i in range(n)], dtype=object)
     return data
 
 
-def _mmsa_split(n: int, split: str, weights: dict[str, np.ndarray],
-                rng: np.random.Generator) -> dict[str, Any]:
+def _mmsa_split(
+    n: int, split: str, weights: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, Any]:
     labels = sentiment_labels(n, rng)
     codes = label_codes(labels)
     data: dict[str, Any] = {"text": modality_features(codes, SPECS[0], weights["text"], rng)}
@@ -59,7 +65,8 @@ def _mmsa_split(n: int, split: str, weights: dict[str, np.ndarray],
     data["regression_labels"] = labels
     data["classification_labels"] = np.sign(labels).astype(np.float32) + 1
     data["annotations"] = np.array(["Negative", "Neutral", "Positive"], dtype=object)[
-        data["classification_labels"].astype(int)]
+        data["classification_labels"].astype(int)
+    ]
     data["raw_text"] = np.array([f"synthetic utterance {i}" for i in range(n)], dtype=object)
     data["id"] = np.array([f"synth_{split}${i}" for i in range(n)], dtype=object)
     return data

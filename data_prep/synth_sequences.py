@@ -34,8 +34,12 @@ class ModalitySpec:
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_n: int) -> None:
     """The options every ``synth`` subcommand shares."""
-    parser.add_argument("--n", type=int, default=default_n,
-                        help=f"training samples; valid and test get a third as many (default {default_n})")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=default_n,
+        help=f"training samples; valid and test get a third as many (default {default_n})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
 
@@ -80,8 +84,14 @@ def random_lengths(n: int, max_length: int, rng: np.random.Generator) -> np.ndar
     return rng.integers(max(1, max_length // 2), max_length + 1, size=n)
 
 
-def modality_features(codes: np.ndarray, spec: ModalitySpec, projection: np.ndarray, rng: np.random.Generator,
-                      lengths: np.ndarray | None = None, signs: np.ndarray | None = None) -> np.ndarray:
+def modality_features(
+    codes: np.ndarray,
+    spec: ModalitySpec,
+    projection: np.ndarray,
+    rng: np.random.Generator,
+    lengths: np.ndarray | None = None,
+    signs: np.ndarray | None = None,
+) -> np.ndarray:
     """``[N, length, dim]`` float32 features for ``spec``; steps at or after ``lengths`` are zero.
 
     ``signs`` (``[N, length, 1]``, +-1) multiplies each step's signal: the class then shows only in
@@ -97,8 +107,9 @@ def modality_features(codes: np.ndarray, spec: ModalitySpec, projection: np.ndar
     return features.astype(np.float32)
 
 
-def projections(specs: tuple[ModalitySpec, ...], code_size: int,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
+def projections(
+    specs: tuple[ModalitySpec, ...], code_size: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """One fixed random ``[code_size, dim]`` projection per modality, rows of unit norm times sqrt(dim)."""
     result = {}
     for spec in specs:

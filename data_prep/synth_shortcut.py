@@ -59,13 +59,22 @@ class ShortcutSpec:
             raise UserError(f"shortcut_rate must be in [0, 1], got {self.shortcut_rate}")
         for spec in self.modalities():
             if spec.dim < NUM_CLASSES or spec.length < 1:
-                raise UserError(f"{spec.name}: need dim >= {NUM_CLASSES} (orthogonal class codes) and "
-                                f"length >= 1, got dim {spec.dim}, length {spec.length}")
+                raise UserError(
+                    f"{spec.name}: need dim >= {NUM_CLASSES} (orthogonal class codes) and "
+                    f"length >= 1, got dim {spec.dim}, length {spec.length}"
+                )
 
     def modalities(self) -> tuple[ModalitySpec, ...]:
         """text, audio, vision as :class:`ModalitySpec` (the adapter's modality order)."""
-        return tuple(ModalitySpec(name, getattr(self, f"{name}_length"), getattr(self, f"{name}_dim"),
-                                  getattr(self, f"{name}_strength")) for name in ("text", "audio", "vision"))
+        return tuple(
+            ModalitySpec(
+                name,
+                getattr(self, f"{name}_length"),
+                getattr(self, f"{name}_dim"),
+                getattr(self, f"{name}_strength"),
+            )
+            for name in ("text", "audio", "vision")
+        )
 
 
 def _projections(spec: ShortcutSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -77,8 +86,9 @@ def _projections(spec: ShortcutSpec, rng: np.random.Generator) -> dict[str, np.n
     return result
 
 
-def _split(n: int, spec: ShortcutSpec, weights: dict[str, np.ndarray],
-           rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _split(
+    n: int, spec: ShortcutSpec, weights: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     labels = class_labels(n, NUM_CLASSES, rng)
     wrong = (labels + rng.integers(1, NUM_CLASSES, n)) % NUM_CLASSES  # uniform over the other classes
     shown = np.where(rng.random(n) < spec.shortcut_rate, labels, wrong)
@@ -94,8 +104,9 @@ def _split(n: int, spec: ShortcutSpec, weights: dict[str, np.ndarray],
     return result
 
 
-def make_shortcut_iemocap(n: int, seed: int, spec: ShortcutSpec = ShortcutSpec(),
-                          held_out: int | None = None) -> dict:
+def make_shortcut_iemocap(
+    n: int, seed: int, spec: ShortcutSpec = ShortcutSpec(), held_out: int | None = None
+) -> dict:
     """``{"train"|"valid"|"test": {"text", "audio", "vision": [N, T, D] float32, "labels": [N, 4, 2]}}``.
 
     ``n`` training samples and ``held_out`` each in valid and test (default a third as many,
@@ -112,8 +123,14 @@ def make_shortcut_iemocap(n: int, seed: int, spec: ShortcutSpec = ShortcutSpec()
     return {split: _split(size, spec, weights, rng) for split, size in sizes.items()}
 
 
-def write_shortcut_iemocap(out: Path, n: int, seed: int, spec: ShortcutSpec = ShortcutSpec(),
-                           force: bool = False, held_out: int | None = None) -> dict[str, int]:
+def write_shortcut_iemocap(
+    out: Path,
+    n: int,
+    seed: int,
+    spec: ShortcutSpec = ShortcutSpec(),
+    force: bool = False,
+    held_out: int | None = None,
+) -> dict[str, int]:
     """Write the MulT pickle to ``out`` atomically (overwrite only with ``force``); samples per split."""
     data = make_shortcut_iemocap(n, seed, spec, held_out)
     write_atomic(out, lambda tmp: tmp.write_bytes(pickle.dumps(data, protocol=PICKLE_PROTOCOL)), force)

@@ -46,8 +46,22 @@ def install_wheel(where: Path) -> InstalledWheel:
     wheels = where / "dist"
     build = ROOT / "build"
     had_build = build.exists()
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-         str(ROOT)], where, env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        where,
+        env,
+    )
     if not had_build:  # setuptools builds in the checkout; leave it as it was
         shutil.rmtree(build, ignore_errors=True)
     venv = where / "venv"
@@ -56,6 +70,20 @@ def install_wheel(where: Path) -> InstalledWheel:
     target = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], where, env)
     Path(target.strip(), "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheel = next(wheels.glob("cggm_seg-*.whl"))
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q",
-         str(wheel)], where, env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        where,
+        env,
+    )
     return InstalledWheel(venv, {**env, "PATH": f"{venv / 'bin'}:{env.get('PATH', '')}"})

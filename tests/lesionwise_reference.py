@@ -23,17 +23,26 @@ def surfels(mask: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
     table = np.zeros(256)
     for code in range(256):
         for normal in normals[code]:
-            table[code] += math.sqrt((normal[0] * s1 * s2) ** 2 + (normal[1] * s0 * s2) ** 2
-                                     + (normal[2] * s0 * s1) ** 2)
+            table[code] += math.sqrt(
+                (normal[0] * s1 * s2) ** 2 + (normal[1] * s0 * s2) ** 2 + (normal[2] * s0 * s1) ** 2
+            )
     padded = np.zeros(tuple(s + 2 for s in mask.shape), dtype=np.int64)
     padded[1:-1, 1:-1, 1:-1] = mask
     n0, n1, n2 = (s + 1 for s in mask.shape)
 
     def corner(a, b, c):  # value of block element (a, b, c) for every corner-grid point
-        return padded[a:a + n0, b:b + n1, c:c + n2]
+        return padded[a : a + n0, b : b + n1, c : c + n2]
 
-    codes = (128 * corner(0, 0, 0) + 64 * corner(0, 0, 1) + 32 * corner(0, 1, 0) + 16 * corner(0, 1, 1)
-             + 8 * corner(1, 0, 0) + 4 * corner(1, 0, 1) + 2 * corner(1, 1, 0) + corner(1, 1, 1))
+    codes = (
+        128 * corner(0, 0, 0)
+        + 64 * corner(0, 0, 1)
+        + 32 * corner(0, 1, 0)
+        + 16 * corner(0, 1, 1)
+        + 8 * corner(1, 0, 0)
+        + 4 * corner(1, 0, 1)
+        + 2 * corner(1, 1, 0)
+        + corner(1, 1, 1)
+    )
     border = (codes != 0) & (codes != 255)
     points = np.argwhere(border) * np.asarray(spacing, dtype=float)
     return points.reshape(-1, 3), table[codes[border]]
@@ -50,8 +59,12 @@ def surface_distances(gt: np.ndarray, pred: np.ndarray, spacing):
     """(d_gt_to_pred, areas_gt, d_pred_to_gt, areas_pred), as DeepMind's compute_surface_distances."""
     points_gt, areas_gt = surfels(gt, spacing)
     points_pred, areas_pred = surfels(pred, spacing)
-    return (nearest_distances(points_gt, points_pred), areas_gt,
-            nearest_distances(points_pred, points_gt), areas_pred)
+    return (
+        nearest_distances(points_gt, points_pred),
+        areas_gt,
+        nearest_distances(points_pred, points_gt),
+        areas_pred,
+    )
 
 
 def robust_hausdorff(distances, percent=95.0) -> float:
@@ -82,8 +95,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-def region_scores(pred: np.ndarray, gt: np.ndarray, spacing, dilation_factor: int, volume_thresh: float,
-                  penalty: float = 374.0, tolerance: float = 1.0) -> dict[str, float]:
+def region_scores(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing,
+    dilation_factor: int,
+    volume_thresh: float,
+    penalty: float = 374.0,
+    tolerance: float = 1.0,
+) -> dict[str, float]:
     """The official algorithm for one region mask pair, plus the whole-region dice/hd95/nsd."""
     pred, gt = pred.astype(bool), gt.astype(bool)
     sx, sy, sz = spacing
@@ -125,7 +145,12 @@ def region_scores(pred: np.ndarray, gt: np.ndarray, spacing, dilation_factor: in
         lesion_dice = sum(d for _, d, _ in kept) / denominator
         lesion_hd95 = (sum(h for _, _, h in kept) + len(fp) * penalty) / denominator
     return {
-        "lesion_dice": lesion_dice, "lesion_hd95": lesion_hd95,
-        "tp": sum(1 for n, _, _ in kept if n > 0), "fp": len(fp), "fn": sum(1 for n, _, _ in kept if n == 0),
-        "dice": full, "hd95": penalty if np.isinf(full_hd95) else full_hd95, "nsd": full_nsd,
+        "lesion_dice": lesion_dice,
+        "lesion_hd95": lesion_hd95,
+        "tp": sum(1 for n, _, _ in kept if n > 0),
+        "fp": len(fp),
+        "fn": sum(1 for n, _, _ in kept if n == 0),
+        "dice": full,
+        "hd95": penalty if np.isinf(full_hd95) else full_hd95,
+        "nsd": full_nsd,
     }

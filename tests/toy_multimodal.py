@@ -14,8 +14,9 @@ class ToyNet(nn.Module):
 
     def __init__(self, modalities: int = 2) -> None:
         super().__init__()
-        self.encoders = nn.ModuleList(nn.Sequential(nn.Linear(INPUT, FEATURES), nn.Tanh())
-                                      for _ in range(modalities))
+        self.encoders = nn.ModuleList(
+            nn.Sequential(nn.Linear(INPUT, FEATURES), nn.Tanh()) for _ in range(modalities)
+        )
         self.fusion = nn.Sequential(nn.Linear(FEATURES * modalities, FEATURES), nn.Tanh())
         self.output_layer = nn.Linear(FEATURES, CLASSES)
 
@@ -50,13 +51,25 @@ def make_models(modalities: int = 2, seed: int = 0) -> tuple[ToyNet, nn.ModuleLi
     return ToyNet(modalities), nn.ModuleList(ToyHead() for _ in range(modalities))
 
 
-def make_trainer(net: nn.Module, data: list[dict], epochs: int = 1, batch: int = 8, lr: float = 0.1,
-                 handlers: list | None = None, **kwargs) -> SupervisedTrainer:
+def make_trainer(
+    net: nn.Module,
+    data: list[dict],
+    epochs: int = 1,
+    batch: int = 8,
+    lr: float = 0.1,
+    handlers: list | None = None,
+    **kwargs,
+) -> SupervisedTrainer:
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False)
     return SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=loader, network=net,
-        optimizer=torch.optim.SGD(net.parameters(), lr=lr), loss_function=nn.CrossEntropyLoss(),
-        train_handlers=handlers or [], **kwargs,
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=lr),
+        loss_function=nn.CrossEntropyLoss(),
+        train_handlers=handlers or [],
+        **kwargs,
     )
 
 
@@ -80,6 +93,11 @@ def cggm(heads: nn.ModuleList, metric=accuracy, **settings):
     from cggm_seg.modulation import CGGMHandler
 
     settings.setdefault("lam", 0.0)
-    return CGGMHandler(encoders=[f"encoders.{i}" for i in range(len(heads))], fusion_layer="output_layer",
-                       heads=heads, head_optimizer=torch.optim.SGD(heads.parameters(), lr=0.1),
-                       metric=metric, **settings)
+    return CGGMHandler(
+        encoders=[f"encoders.{i}" for i in range(len(heads))],
+        fusion_layer="output_layer",
+        heads=heads,
+        head_optimizer=torch.optim.SGD(heads.parameters(), lr=0.1),
+        metric=metric,
+        **settings,
+    )

@@ -42,7 +42,8 @@ LIST_NAMES = {"train": "train", "valid": "dev", "test": "test"}
 RECORD_KEYS = ("id", "img_path", "text_tokens", "label")
 FEATURE_KINDS = ("image", "text", "text_lengths", "ids")
 # the 101 class names in alphabetical order; a label's index is its position here
-CLASS_NAMES = tuple("""
+CLASS_NAMES = tuple(
+    """
     apple_pie baby_back_ribs baklava beef_carpaccio beef_tartare beet_salad beignets bibimbap
     bread_pudding breakfast_burrito bruschetta caesar_salad cannoli caprese_salad carrot_cake
     ceviche cheese_plate cheesecake chicken_curry chicken_quesadilla chicken_wings chocolate_cake
@@ -56,7 +57,8 @@ CLASS_NAMES = tuple("""
     pork_chop poutine prime_rib pulled_pork_sandwich ramen ravioli red_velvet_cake risotto samosa
     sashimi scallops seaweed_salad shrimp_and_grits spaghetti_bolognese spaghetti_carbonara
     spring_rolls steak strawberry_shortcake sushi tacos takoyaki tiramisu tuna_tartare waffles
-""".split())
+""".split()
+)
 NUM_CLASSES = len(CLASS_NAMES)
 _CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
 
@@ -89,8 +91,10 @@ def _class_index(label: Any, where: str) -> int:
         return _CLASS_INDEX[label]
     if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < NUM_CLASSES:
         return label
-    raise UserError(f"{where}: label {label!r} is neither a Food-101 class name (e.g. 'apple_pie') "
-                    f"nor an index in 0..{NUM_CLASSES - 1}")
+    raise UserError(
+        f"{where}: label {label!r} is neither a Food-101 class name (e.g. 'apple_pie') "
+        f"nor an index in 0..{NUM_CLASSES - 1}"
+    )
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -131,17 +135,24 @@ def _split_dataset(data_dir: Path, features_dir: Path, split: str) -> SequenceDa
     files = feature_paths(features_dir, split)
     ids = [str(value) for value in safe_load_npy(files["ids"]).reshape(-1)]
     if ids != [str(record["id"]) for record in records]:
-        raise UserError(f"{files['ids']}: ids differ from the records of {path} (features made from another "
-                        "list?); run `cggm-seg food101 extract` again")
+        raise UserError(
+            f"{files['ids']}: ids differ from the records of {path} (features made from another "
+            "list?); run `cggm-seg food101 extract` again"
+        )
     features = {name: _features(files[name], len(records)) for name in MODALITIES}
-    lengths = lengths_array(safe_load_npy(files["text_lengths"]), len(records), features["text"].shape[1],
-                            str(files["text_lengths"]))
+    lengths = lengths_array(
+        safe_load_npy(files["text_lengths"]),
+        len(records),
+        features["text"].shape[1],
+        str(files["text_lengths"]),
+    )
     labels = np.array([_class_index(record["label"], str(path)) for record in records], dtype=np.int64)
     return SequenceDataset(features, labels, {"text": lengths})
 
 
-def load_food101(data_dir: str | os.PathLike, splits: Sequence[str] = SPLITS,
-                 features_dir: str | os.PathLike | None = None) -> dict[str, SequenceDataset]:
+def load_food101(
+    data_dir: str | os.PathLike, splits: Sequence[str] = SPLITS, features_dir: str | os.PathLike | None = None
+) -> dict[str, SequenceDataset]:
     """Load the requested splits from the JSON lists and their pre-extracted token features."""
     data_dir = Path(data_dir)
     features = data_dir / "features" if features_dir in (None, "") else Path(features_dir)

@@ -45,15 +45,26 @@ MAX_TEXT_LEN = 50
 class Food101ImageTextDataset(Dataset):
     """One split's records as preprocessed image and token ids (see the module docstring)."""
 
-    def __init__(self, data_dir: str | os.PathLike, split: str, processor: Any, tokenizer: Any,
-                 max_text_len: int = MAX_TEXT_LEN) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        split: str,
+        processor: Any,
+        tokenizer: Any,
+        max_text_len: int = MAX_TEXT_LEN,
+    ) -> None:
         if max_text_len < 2:
             raise UserError(f"max_text_len must be >= 2 (room for [CLS] and [SEP]), got {max_text_len}")
         self.data_dir = Path(data_dir)
         self.records = read_records(list_path(data_dir, split))
         # read_records checked every label: a class name or an index
-        self.labels = np.array([CLASS_NAMES.index(r["label"]) if isinstance(r["label"], str) else r["label"]
-                                for r in self.records], dtype=np.int64)
+        self.labels = np.array(
+            [
+                CLASS_NAMES.index(r["label"]) if isinstance(r["label"], str) else r["label"]
+                for r in self.records
+            ],
+            dtype=np.int64,
+        )
         self.processor = processor
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
@@ -65,26 +76,38 @@ class Food101ImageTextDataset(Dataset):
         record = self.records[index]
         image = open_image(self.data_dir, record)
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
-        ids = self.tokenizer(" ".join(record["text_tokens"]), truncation=True,
-                             max_length=self.max_text_len)["input_ids"]
-        return {"image": pixels, "text": torch.tensor(ids, dtype=torch.long),
-                LABEL_KEY: torch.tensor(self.labels[index])}
+        ids = self.tokenizer(" ".join(record["text_tokens"]), truncation=True, max_length=self.max_text_len)[
+            "input_ids"
+        ]
+        return {
+            "image": pixels,
+            "text": torch.tensor(ids, dtype=torch.long),
+            LABEL_KEY: torch.tensor(self.labels[index]),
+        }
 
 
 def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Images stacked, token ids padded to the longest text (with 0, masked), ``lengths["text"]``."""
     texts = [sample["text"] for sample in batch]
-    return {"image": torch.stack([sample["image"] for sample in batch]),
-            "text": pad_sequence(texts, batch_first=True),
-            LENGTHS_KEY: {"text": torch.tensor([len(t) for t in texts], dtype=torch.long)},
-            LABEL_KEY: torch.stack([sample[LABEL_KEY] for sample in batch])}
+    return {
+        "image": torch.stack([sample["image"] for sample in batch]),
+        "text": pad_sequence(texts, batch_first=True),
+        LENGTHS_KEY: {"text": torch.tensor([len(t) for t in texts], dtype=torch.long)},
+        LABEL_KEY: torch.stack([sample[LABEL_KEY] for sample in batch]),
+    }
 
 
-def load_food101_images(data_dir: str | os.PathLike, splits: Sequence[str], vit: str | os.PathLike,
-                        bert: str | os.PathLike,
-                        max_text_len: int = MAX_TEXT_LEN) -> dict[str, Food101ImageTextDataset]:
+def load_food101_images(
+    data_dir: str | os.PathLike,
+    splits: Sequence[str],
+    vit: str | os.PathLike,
+    bert: str | os.PathLike,
+    max_text_len: int = MAX_TEXT_LEN,
+) -> dict[str, Food101ImageTextDataset]:
     """The requested splits, preprocessed by the image processor in ``vit`` and the tokenizer in ``bert``."""
     processor = from_local("AutoImageProcessor", vit, "vit_dir")
     tokenizer = from_local("AutoTokenizer", bert, "bert_dir")
-    return {split: Food101ImageTextDataset(data_dir, split, processor, tokenizer, max_text_len)
-            for split in splits}
+    return {
+        split: Food101ImageTextDataset(data_dir, split, processor, tokenizer, max_text_len)
+        for split in splits
+    }

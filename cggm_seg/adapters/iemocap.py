@@ -67,27 +67,37 @@ def _one_hot_classes(one_hot: np.ndarray, where: str) -> np.ndarray:
     valid_values = np.isin(one_hot, (0, 1)).all(axis=1)
     bad = ~valid_values | (one_hot.sum(axis=1) != 1)
     if bad.any():
-        raise UserError(f"{where}: each sample needs exactly one of the {NUM_CLASSES} emotions marked 1; "
-                        f"{int(bad.sum())} sample(s) do not, first at {int(np.argwhere(bad)[0][0])}")
+        raise UserError(
+            f"{where}: each sample needs exactly one of the {NUM_CLASSES} emotions marked 1; "
+            f"{int(bad.sum())} sample(s) do not, first at {int(np.argwhere(bad)[0][0])}"
+        )
     return one_hot.argmax(axis=1).astype(np.int64)
 
 
 def _mult_labels(value: Any, where: str) -> np.ndarray:
     labels = np.asarray(value)
     if labels.ndim != 3 or labels.shape[1:] != (NUM_CLASSES, 2) or not np.issubdtype(labels.dtype, np.number):
-        raise UserError(f"{where}: expected labels [N, {NUM_CLASSES}, 2], "
-                        f"found {labels.dtype} {labels.shape}")
+        raise UserError(
+            f"{where}: expected labels [N, {NUM_CLASSES}, 2], found {labels.dtype} {labels.shape}"
+        )
     return _one_hot_classes(labels[:, :, 1], where)
 
 
 def _target_labels(value: np.ndarray, where: str) -> np.ndarray:
     if value.ndim == 2 and value.shape[1] == NUM_CLASSES and np.issubdtype(value.dtype, np.number):
         return _one_hot_classes(value, where)
-    if value.ndim == 1 and np.issubdtype(value.dtype, np.integer) and value.size and \
-            value.min() >= 0 and value.max() < NUM_CLASSES:
+    if (
+        value.ndim == 1
+        and np.issubdtype(value.dtype, np.integer)
+        and value.size
+        and value.min() >= 0
+        and value.max() < NUM_CLASSES
+    ):
         return value.astype(np.int64)
-    raise UserError(f"{where}: expected one-hot labels [N, {NUM_CLASSES}] or class indices [N] in "
-                    f"0..{NUM_CLASSES - 1}, found {value.dtype} {value.shape}")
+    raise UserError(
+        f"{where}: expected one-hot labels [N, {NUM_CLASSES}] or class indices [N] in "
+        f"0..{NUM_CLASSES - 1}, found {value.dtype} {value.shape}"
+    )
 
 
 def _utterance_names(value: np.ndarray, where: str) -> list[str]:
@@ -114,8 +124,13 @@ class IEMOCAPFeatureDataset(Dataset):
     modality) reads only h5 metadata, so it is cheap even for the full corpus.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str, cv: int | str = 1,
-                 feature_types: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        cv: int | str = 1,
+        feature_types: Mapping[str, str] | None = None,
+    ) -> None:
         root = Path(root)
         unknown = sorted(set(feature_types or {}) - set(MODALITIES))
         if unknown:
@@ -126,13 +141,17 @@ class IEMOCAPFeatureDataset(Dataset):
         label_path, names_path = target / f"{prefix}_label.npy", target / f"{prefix}_int2name.npy"
         self.labels = _target_labels(safe_load_npy(label_path), str(label_path))
         self.names = _utterance_names(safe_load_npy(names_path), str(names_path))
-        check_sample_counts({label_path.name: len(self.labels), names_path.name: len(self.names)},
-                            str(target))
+        check_sample_counts(
+            {label_path.name: len(self.labels), names_path.name: len(self.names)}, str(target)
+        )
         self.paths = {name: root / FEATURE_DIRS[name] / f"{types[name]}.h5" for name in MODALITIES}
         self.dims = {name: self._check_file(path) for name, path in self.paths.items()}
-        self.stats = {name: self._stats(stats_path(path), str(cv), self.dims[name],
-                                        required=types[name] in NORMALISED_TYPES)
-                      for name, path in self.paths.items()}
+        self.stats = {
+            name: self._stats(
+                stats_path(path), str(cv), self.dims[name], required=types[name] in NORMALISED_TYPES
+            )
+            for name, path in self.paths.items()
+        }
         self._files: dict[str, h5py.File] | None = None
 
     def _check_file(self, path: Path) -> int:
@@ -144,8 +163,9 @@ class IEMOCAPFeatureDataset(Dataset):
                     found = "nothing" if item is None else f"a {type(item).__name__}"
                     if isinstance(item, h5py.Dataset):
                         found += f" of shape {item.shape}"
-                    raise UserError(f"{path}: utterance '{utterance}' should be a [T, D] dataset, "
-                                    f"found {found}")
+                    raise UserError(
+                        f"{path}: utterance '{utterance}' should be a [T, D] dataset, found {found}"
+                    )
                 dims.add(item.shape[1])
         if len(dims) != 1:
             raise UserError(f"{path}: utterances have different feature sizes {sorted(dims)}")
@@ -155,16 +175,19 @@ class IEMOCAPFeatureDataset(Dataset):
     def _stats(path: Path, cv: str, dim: int, required: bool) -> tuple[np.ndarray, np.ndarray] | None:
         if not path.is_file():
             if required:
-                raise UserError(f"{path}: not found; {path.stem.removesuffix('_mean_std')} features are "
-                                f"normalised with fold {cv}'s training statistics '{cv}/mean' and "
-                                f"'{cv}/std' from this file, which MMIN ships with the features")
+                raise UserError(
+                    f"{path}: not found; {path.stem.removesuffix('_mean_std')} features are "
+                    f"normalised with fold {cv}'s training statistics '{cv}/mean' and "
+                    f"'{cv}/std' from this file, which MMIN ships with the features"
+                )
             return None
         with _open_h5(path) as h5:
             require_keys(h5.get(cv), ["mean", "std"], f"{path}['{cv}']")
             mean, std = (np.asarray(h5[cv][key][()], dtype=np.float32).reshape(-1) for key in ("mean", "std"))
         if mean.shape != (dim,) or std.shape != (dim,):
-            raise UserError(f"{path}: mean and std must have {dim} values, "
-                            f"found {mean.shape} and {std.shape}")
+            raise UserError(
+                f"{path}: mean and std must have {dim} values, found {mean.shape} and {std.shape}"
+            )
         return mean, np.where(std == 0, 1.0, std).astype(np.float32)
 
     def feature_dims(self) -> dict[str, int]:
@@ -205,8 +228,12 @@ def _mult_split(split_data: Any, where: str) -> SequenceDataset:
     return SequenceDataset(features, labels)
 
 
-def load_iemocap(path: str | os.PathLike, splits: Sequence[str] = SPLITS, cv: int | str = 1,
-                 feature_types: Mapping[str, str] | None = None) -> dict[str, Dataset]:
+def load_iemocap(
+    path: str | os.PathLike,
+    splits: Sequence[str] = SPLITS,
+    cv: int | str = 1,
+    feature_types: Mapping[str, str] | None = None,
+) -> dict[str, Dataset]:
     """Load IEMOCAP splits: a MulT pickle when ``path`` is a file, the h5 feature folder when a directory.
 
     ``cv`` (the fold under ``target/``) and ``feature_types`` apply to the folder layout only.

@@ -41,25 +41,33 @@ _MULT_LABELS, _MMSA_LABELS = "labels", "regression_labels"
 def _labels(value: object, count: int, where: str) -> np.ndarray:
     labels = np.asarray(value)
     if not np.issubdtype(labels.dtype, np.number) or labels.size != count:
-        raise UserError(f"{where}: expected {count} sentiment values ([N], [N, 1] or [N, 1, 1]), "
-                        f"found {labels.dtype} {labels.shape}")
+        raise UserError(
+            f"{where}: expected {count} sentiment values ([N], [N, 1] or [N, 1, 1]), "
+            f"found {labels.dtype} {labels.shape}"
+        )
     labels = labels.reshape(count, 1).astype(np.float32)
     low, high = LABEL_RANGE
     bad = ~np.isfinite(labels) | (labels < low - 1e-4) | (labels > high + 1e-4)
     if bad.any():
         index = int(np.argwhere(bad)[0][0])
-        raise UserError(f"{where}: sentiment labels must lie in [{low:g}, {high:g}], "
-                        f"sample {index} has {labels[index, 0]}")
+        raise UserError(
+            f"{where}: sentiment labels must lie in [{low:g}, {high:g}], "
+            f"sample {index} has {labels[index, 0]}"
+        )
     return labels
 
 
 def _split_dataset(split_data: Mapping, where: str) -> SequenceDataset:
     features = speech_features(split_data, where)
     label_key = _MMSA_LABELS if _MMSA_LABELS in split_data else _MULT_LABELS
-    require_keys(split_data, [label_key], f"{where} (labels: '{_MULT_LABELS}' for MulT or "
-                                         f"'{_MMSA_LABELS}' for MMSA)")
-    count = check_sample_counts({name: len(array) for name, array in features.items()}
-                                | {label_key: len(np.atleast_1d(split_data[label_key]))}, where)
+    require_keys(
+        split_data, [label_key], f"{where} (labels: '{_MULT_LABELS}' for MulT or '{_MMSA_LABELS}' for MMSA)"
+    )
+    count = check_sample_counts(
+        {name: len(array) for name, array in features.items()}
+        | {label_key: len(np.atleast_1d(split_data[label_key]))},
+        where,
+    )
     lengths = {}
     for name in ("audio", "vision") if label_key == _MMSA_LABELS else ():
         key = f"{name}_lengths"

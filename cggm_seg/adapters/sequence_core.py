@@ -62,8 +62,9 @@ def feature_array(value: Any, where: str, zero_neg_inf: bool = False) -> np.ndar
         array[array == -np.inf] = 0.0
     bad = ~np.isfinite(array)
     if bad.any():
-        raise UserError(f"{where}: {int(bad.sum())} non-finite value(s), "
-                        f"first at sample {np.argwhere(bad)[0][0]}")
+        raise UserError(
+            f"{where}: {int(bad.sum())} non-finite value(s), first at sample {np.argwhere(bad)[0][0]}"
+        )
     return array
 
 
@@ -100,8 +101,10 @@ def speech_features(split_data: Any, where: str) -> dict[str, np.ndarray]:
     MulT's COVAREP audio features hold ``-inf`` values; MulT and CGGM set them to 0.
     """
     require_keys(split_data, SPEECH_MODALITIES, where)
-    return {name: feature_array(split_data[name], f"{where}['{name}']", zero_neg_inf=name == "audio")
-            for name in SPEECH_MODALITIES}
+    return {
+        name: feature_array(split_data[name], f"{where}['{name}']", zero_neg_inf=name == "audio")
+        for name in SPEECH_MODALITIES
+    }
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,12 @@ class SequenceDataset(Dataset):
         lengths: optional modality name -> ``[N]`` valid steps; steps after them are padding.
     """
 
-    def __init__(self, features: Mapping[str, np.ndarray], labels: np.ndarray,
-                 lengths: Mapping[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        features: Mapping[str, np.ndarray],
+        labels: np.ndarray,
+        lengths: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         self.features = dict(features)
         self.labels = labels
         self.lengths = dict(lengths or {})
@@ -138,8 +145,10 @@ class SequenceDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         # pickling a memory map copies all its data; DataLoader workers that are not forked
         # (spawn, forkserver) would each get the whole feature file: send the file name instead
-        features = {name: _MappedFile(str(array.filename)) if isinstance(array, np.memmap) else array
-                    for name, array in self.features.items()}
+        features = {
+            name: _MappedFile(str(array.filename)) if isinstance(array, np.memmap) else array
+            for name, array in self.features.items()
+        }
         return {**self.__dict__, "features": features}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -174,13 +183,19 @@ def pad_collate(batch: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]:
     return collated
 
 
-def prepare_sequence_batch(batchdata: Mapping[str, Any], device: str | torch.device | None = None,
-                           non_blocking: bool = False, **kwargs: Any) -> tuple[dict[str, Any], torch.Tensor]:
+def prepare_sequence_batch(
+    batchdata: Mapping[str, Any],
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], torch.Tensor]:
     """``prepare_batch`` for MONAI's SupervisedTrainer/Evaluator on :func:`pad_collate` batches.
 
     Returns ``(inputs, targets)``: ``inputs`` is ``{modality: [B, T, D], "lengths": {...}}``
     on ``device``, the dict :class:`~cggm_seg.networks.sequence.SequenceFusionNet` takes.
     """
     inputs = {key: value for key, value in batchdata.items() if key != LABEL_KEY}
-    return (convert_tensor(inputs, device=device, non_blocking=non_blocking),
-            convert_tensor(batchdata[LABEL_KEY], device=device, non_blocking=non_blocking))
+    return (
+        convert_tensor(inputs, device=device, non_blocking=non_blocking),
+        convert_tensor(batchdata[LABEL_KEY], device=device, non_blocking=non_blocking),
+    )

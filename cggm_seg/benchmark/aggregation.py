@@ -70,8 +70,9 @@ def aggregate(records: Sequence[RunRecord], task: Task, methods: Sequence[str]) 
             "val": _by_seed(runs, lambda r: r.scores["val"][key]),
             "test": _by_seed(runs, lambda r: r.scores["test"][key]),
             "test_scores": {k: summary([r.scores["test"][k] for r in runs]) for k in task.score_keys},
-            "weak_head": {split: _by_seed(runs, lambda r, s=split: r.head_scores[s][weak])
-                          for split in ("val", "test")},
+            "weak_head": {
+                split: _by_seed(runs, lambda r, s=split: r.head_scores[s][weak]) for split in ("val", "test")
+            },
             "collapsed": sum(task.collapsed(r.scores["test"]) for r in runs),
             "drop": {m: summary([r.reliance["drop"][m] for r in runs]) for m in task.modalities},
             "top_share": _median_or_none(shares),
@@ -93,9 +94,12 @@ def _cost(runs: Sequence[RunRecord]) -> dict[str, float | None]:
     """Median over runs of the median steady-state step time, and the median peak memory."""
     if not runs:
         return {"step_s": None, "peak_mib": None}
-    return {"step_s": statistics.median(statistics.median(steady_state(r.step_times) or r.step_times)
-                                        for r in runs),
-            "peak_mib": statistics.median(r.peak_mib for r in runs)}
+    return {
+        "step_s": statistics.median(
+            statistics.median(steady_state(r.step_times) or r.step_times) for r in runs
+        ),
+        "peak_mib": statistics.median(r.peak_mib for r in runs),
+    }
 
 
 def _paired(method: Mapping[int, float], baseline: Mapping[int, float]) -> PairedDifference | None:
@@ -109,8 +113,12 @@ def headroom(task: Task, table: Mapping[str, dict]) -> dict[str, Any]:
     """The headroom check on the validation split (rules on the page): its two comparisons and verdict."""
     unimodal, base, oracle = table.get("unimodal_weak"), table.get(BASELINE), table.get("oracle")
     if not (unimodal and base and oracle):
-        return {"passed": False, "weak_head": None, "oracle": None,
-                "reason": "needs the joint, unimodal_weak and oracle runs"}
+        return {
+            "passed": False,
+            "weak_head": None,
+            "oracle": None,
+            "reason": "needs the joint, unimodal_weak and oracle runs",
+        }
     weak_head = _paired(unimodal["weak_head"]["val"], base["weak_head"]["val"])
     oracle_gain = _paired(oracle["val"], base["val"])
     passed = bool(weak_head and oracle_gain) and weak_head.verdict == oracle_gain.verdict == "above"
@@ -130,8 +138,9 @@ def mean_curve(runs: Sequence[RunRecord]) -> Curve | None:
     if not curves:
         return None
     length = min(len(c.values) for c in curves)
-    return Curve(curves[0].epochs[:length],
-                 [statistics.fmean(c.values[i] for c in curves) for i in range(length)])
+    return Curve(
+        curves[0].epochs[:length], [statistics.fmean(c.values[i] for c in curves) for i in range(length)]
+    )
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,10 @@ def summarise(records: Sequence[RunRecord], task: Task, methods: Sequence[str]) 
     """Everything the page and the plots show of ``task``."""
     table = aggregate(records, task, methods)
     curves = {m: mean_curve(scored_runs(records, task, m)) for m in table}
-    return TaskSummary(table=table, headroom=headroom(task, table), default=choose_default(table),
-                       validation={m: c for m, c in curves.items() if c is not None},
-                       missing=[m for m in methods if m not in table])
+    return TaskSummary(
+        table=table,
+        headroom=headroom(task, table),
+        default=choose_default(table),
+        validation={m: c for m, c in curves.items() if c is not None},
+        missing=[m for m in methods if m not in table],
+    )

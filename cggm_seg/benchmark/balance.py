@@ -115,29 +115,53 @@ class _Progress:
     def log(self, spec: dict[str, Any], task: Task, result: RunRecord, seconds: float) -> None:
         with self._lock:
             self.done += 1
-            what = (f"cost {result.iterations} iterations" if result.cost_only else
-                    f"validation {task.score_key} {result.scores['val'][task.score_key]:.4f}, "
-                    f"test {result.scores['test'][task.score_key]:.4f}")
-            logger.info("[%d/%d] %s %s seed %d: %s (%.0f s)", self.done, self.total, task.name,
-                        spec["variant"], spec["seed"], what, seconds)
+            what = (
+                f"cost {result.iterations} iterations"
+                if result.cost_only
+                else f"validation {task.score_key} {result.scores['val'][task.score_key]:.4f}, "
+                f"test {result.scores['test'][task.score_key]:.4f}"
+            )
+            logger.info(
+                "[%d/%d] %s %s seed %d: %s (%.0f s)",
+                self.done,
+                self.total,
+                task.name,
+                spec["variant"],
+                spec["seed"],
+                what,
+                seconds,
+            )
 
 
-def _spec(task: Task, method: str, seed: int, setting: str, threads: int, bundles: Path, work: Path,
-          **extra: Any) -> dict[str, Any]:
+def _spec(
+    task: Task, method: str, seed: int, setting: str, threads: int, bundles: Path, work: Path, **extra: Any
+) -> dict[str, Any]:
     """What a child process needs for one run; ``extra`` adds to it or replaces a default (``run_dir``)."""
     runs = work / task.name / "runs"
     source = task.variants()[method].init_from
     return {
-        "task": task.name, "setting": setting, "variant": method, "seed": seed, "threads": threads,
-        "bundles": str(bundles), "data_dir": str(work / task.name / "data" / f"seed{seed}"),
+        "task": task.name,
+        "setting": setting,
+        "variant": method,
+        "seed": seed,
+        "threads": threads,
+        "bundles": str(bundles),
+        "data_dir": str(work / task.name / "data" / f"seed{seed}"),
         "run_dir": str(runs / f"{method}_seed{seed}"),
         "init_checkpoint": str(runs / f"{source}_seed{seed}" / "checkpoint_final.pt") if source else None,
         **extra,
     }
 
 
-def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting: str, threads: int,
-                  work: Path, jobs: int = 1) -> tuple[list[Task], list[RunRecord]]:
+def run_benchmark(
+    task_names: list[str],
+    methods: list[str],
+    seeds: int,
+    setting: str,
+    threads: int,
+    work: Path,
+    jobs: int = 1,
+) -> tuple[list[Task], list[RunRecord]]:
     """Run methods x seeds on every task, each seed on its own data set; the tasks and every run's result.
 
     Each (seed, task) is one sequence of runs, the oracle after the run it starts from; ``jobs``
@@ -148,8 +172,9 @@ def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting
     tasks = [cls(SETTINGS[cls.name][setting], bundles) for cls in classes]
     sequences = [(seed, task) for seed in range(seeds) for task in tasks]
     cost_repeats = COST_REPEATS if jobs > 1 else 0
-    progress = _Progress(sum(len(ordered_methods(t, methods)) for _, t in sequences)
-                         + cost_repeats * len(tasks) * len(methods))
+    progress = _Progress(
+        sum(len(ordered_methods(t, methods)) for _, t in sequences) + cost_repeats * len(tasks) * len(methods)
+    )
     context = _child_context(tasks)
 
     def run(spec: dict[str, Any], task: Task) -> RunRecord:
@@ -162,8 +187,10 @@ def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting
         data_dir = work / task.name / "data" / f"seed{seed}"
         logger.info("writing the %s data of seed %d to %s", task.name, seed, data_dir)
         task.prepare(data_dir, seed)
-        return [run(_spec(task, method, seed, setting, threads, bundles, work, alone=jobs == 1), task)
-                for method in ordered_methods(task, methods)]
+        return [
+            run(_spec(task, method, seed, setting, threads, bundles, work, alone=jobs == 1), task)
+            for method in ordered_methods(task, methods)
+        ]
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(sequence, seed, task) for seed, task in sequences]
@@ -176,8 +203,17 @@ def run_benchmark(task_names: list[str], methods: list[str], seeds: int, setting
         for task in tasks:
             for method in methods:
                 cost_dir = work / task.name / "cost" / f"{method}_{repeat}"
-                spec = _spec(task, method, 0, setting, threads, bundles, work,
-                             cost_epochs=task.setting["cost_epochs"], run_dir=str(cost_dir))
+                spec = _spec(
+                    task,
+                    method,
+                    0,
+                    setting,
+                    threads,
+                    bundles,
+                    work,
+                    cost_epochs=task.setting["cost_epochs"],
+                    run_dir=str(cost_dir),
+                )
                 results.append(run(spec, task))
     return tasks, results
 

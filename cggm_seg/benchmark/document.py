@@ -27,12 +27,21 @@ from cggm_seg.plots import grouped_bars, line_panels, robust_limits
 #: curve kind -> axis label
 CURVES = {"utilisation": "head score (utilisation)", "coeff": "coefficient"}
 #: the runs whose validation curves are drawn (one colour each): the baseline, the references, CGGM
-VALIDATION_CURVES = ("joint", "unimodal_weak", "oracle", "cggm_magnitude", "cggm_magnitude_robust",
-                     "cggm_both")
+VALIDATION_CURVES = (
+    "joint",
+    "unimodal_weak",
+    "oracle",
+    "cggm_magnitude",
+    "cggm_magnitude_robust",
+    "cggm_both",
+)
 #: the ablation's rows and columns: CGGM parts x estimator sets (column label -> row suffix)
 PARTS = ("magnitude", "direction", "both")
-ESTIMATORS = {"paper estimators": "", "robust estimators": "_robust",
-              f"robust estimators, lambda {STRONG_LAMBDA:g}": "_robust_strong"}
+ESTIMATORS = {
+    "paper estimators": "",
+    "robust estimators": "_robust",
+    f"robust estimators, lambda {STRONG_LAMBDA:g}": "_robust_strong",
+}
 QUICK_NOTE = "\n**`--quick` run: a smoke test of the pipeline on tiny data; these numbers mean nothing.**\n"
 
 
@@ -73,14 +82,14 @@ def score_table(task: Task, table: Mapping[str, dict]) -> list[str]:
             f"| {method} | {_mean(entry['val']):.3f} | {stat.mean:.3f} ± {stat.std:.3f} ({stat.median:.3f})"
             f" | {_interval(diff)} | {'—' if diff is None else diff.verdict} | {wins} | "
             f"{entry['collapsed']}/{len(entry['seeds'])} | {head} | {share} | "
-            f"{_ratio(entry['time_ratio'])} | {_ratio(entry['memory_ratio'])} |")
+            f"{_ratio(entry['time_ratio'])} | {_ratio(entry['memory_ratio'])} |"
+        )
     return lines
 
 
 def ablation_table(table: Mapping[str, dict]) -> list[str]:
     """The paper's ablation: CGGM parts (rows) x estimator sets (columns), test Δ vs joint [95% CI]."""
-    lines = ["| CGGM part | " + " | ".join(ESTIMATORS) + " |",
-             "|---|" + "---|" * len(ESTIMATORS)]
+    lines = ["| CGGM part | " + " | ".join(ESTIMATORS) + " |", "|---|" + "---|" * len(ESTIMATORS)]
     for part in PARTS:
         cells = []
         for suffix in ESTIMATORS.values():
@@ -103,38 +112,63 @@ def headroom_lines(task: Task, check: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def plot_task(records: Sequence[RunRecord], task: Task, numbers: TaskSummary,
-              folder: Path) -> dict[str, Path]:
+def plot_task(
+    records: Sequence[RunRecord], task: Task, numbers: TaskSummary, folder: Path
+) -> dict[str, Path]:
     """Validation curves (the methods of :data:`VALIDATION_CURVES`, mean over seeds), per-iteration
     utilisation and coefficient curves of the lowest seed, reliance bars over all seeds."""
     plots = {}
     table = numbers.table
     validation = {m: (c.epochs, c.values) for m in VALIDATION_CURVES if (c := numbers.validation.get(m))}
     if validation:
-        plots["validation"] = line_panels({f"{task.name}: validation {task.score_label}": validation},
-                                          folder / f"{task.name}_validation.png", "epoch", task.score_label)
+        plots["validation"] = line_panels(
+            {f"{task.name}: validation {task.score_label}": validation},
+            folder / f"{task.name}_validation.png",
+            "epoch",
+            task.score_label,
+        )
     seed = min(s for entry in table.values() for s in entry["seeds"])
-    curves = {method: run.curves for method in table for run in scored_runs(records, task, method)
-              if run.seed == seed}
+    curves = {
+        method: run.curves
+        for method in table
+        for run in scored_runs(records, task, method)
+        if run.seed == seed
+    }
     smooth = max(1, max(e["iterations"] for e in table.values()) // 15)
     for kind, label in CURVES.items():
         panels = {}
         for method in table:
-            series = {m: (list(range(1, len(c) + 1)), c) for m in task.modalities
-                      if (c := curves.get(method, {}).get(f"{kind}/{m}"))}
+            series = {
+                m: (list(range(1, len(c) + 1)), c)
+                for m in task.modalities
+                if (c := curves.get(method, {}).get(f"{kind}/{m}"))
+            }
             if series:
                 panels[method] = series
         if panels:
             plots[kind] = line_panels(
-                panels, folder / f"{task.name}_{kind}.png", "iteration", label, smooth=smooth, columns=4,
+                panels,
+                folder / f"{task.name}_{kind}.png",
+                "iteration",
+                label,
+                smooth=smooth,
+                columns=4,
                 suptitle=f"{task.name}: per-modality {label} during training (seed {seed}, moving average "
-                         f"of {smooth})", ylim=robust_limits(panels) if kind == "coeff" else None)
+                f"of {smooth})",
+                ylim=robust_limits(panels) if kind == "coeff" else None,
+            )
     methods = list(table)
-    bars = {m: ([table[v]["drop"][m].mean for v in methods], [table[v]["drop"][m].std for v in methods])
-            for m in task.modalities}
-    plots["reliance"] = grouped_bars(methods, bars, folder / f"{task.name}_reliance.png",
-                                     f"{task.score_label} lost",
-                                     title=f"{task.name}: score lost without each modality")
+    bars = {
+        m: ([table[v]["drop"][m].mean for v in methods], [table[v]["drop"][m].std for v in methods])
+        for m in task.modalities
+    }
+    plots["reliance"] = grouped_bars(
+        methods,
+        bars,
+        folder / f"{task.name}_reliance.png",
+        f"{task.score_label} lost",
+        title=f"{task.name}: score lost without each modality",
+    )
     return plots
 
 
@@ -151,24 +185,47 @@ def task_section(task: Task, numbers: TaskSummary, plots: Mapping[str, Path], do
     table = numbers.table
     iterations = sorted({e["iterations"] for e in table.values()})
     curve = numbers.validation.get(BASELINE)
-    plateau = (f"joint training's validation {task.score_label} by epoch: "
-               + ", ".join(f"{e}: {v:.3f}" for e, v in zip(curve.epochs, curve.values))
-               + f" — {'plateaued' if plateaued(curve.values) else 'NOT plateaued'} (rule above).") \
-        if curve else "no validation curve recorded."
+    plateau = (
+        (
+            f"joint training's validation {task.score_label} by epoch: "
+            + ", ".join(f"{e}: {v:.3f}" for e, v in zip(curve.epochs, curve.values))
+            + f" — {'plateaued' if plateaued(curve.values) else 'NOT plateaued'} (rule above)."
+        )
+        if curve
+        else "no validation curve recorded."
+    )
     robust = ", ".join(f"`{k}: {v}`" for k, v in task.robust.items())
     missing = numbers.missing
     lines = [
-        f"## {task.name}", "", task.describe(), "",
+        f"## {task.name}",
+        "",
+        task.describe(),
+        "",
         f"Training iterations per run: {', '.join(map(str, iterations))}. Seeds: "
         f"{', '.join(map(str, next(iter(table.values()))['seeds']))}. Robust estimators on this task: "
         f"{robust}.",
-        "", "### Headroom check", "", *headroom_lines(task, numbers.headroom), "", f"Plateau: {plateau}", "",
-        f"### Scores ({task.score_label}) against joint training, and cost", "",
+        "",
+        "### Headroom check",
+        "",
+        *headroom_lines(task, numbers.headroom),
+        "",
+        f"Plateau: {plateau}",
+        "",
+        f"### Scores ({task.score_label}) against joint training, and cost",
+        "",
         *(f"- **{name}**: {variant.summary}" for name, variant in task.variants().items() if name in table),
-        *([f"- Not run on this task (no finished runs): {', '.join(f'`{m}`' for m in missing)}."]
-          if missing else []),
-        "", *score_table(task, table), "",
-        "### Ablation in the paper's form (test Δ vs joint [95% CI])", "", *ablation_table(table), "",
+        *(
+            [f"- Not run on this task (no finished runs): {', '.join(f'`{m}`' for m in missing)}."]
+            if missing
+            else []
+        ),
+        "",
+        *score_table(task, table),
+        "",
+        "### Ablation in the paper's form (test Δ vs joint [95% CI])",
+        "",
+        *ablation_table(table),
+        "",
     ]
     for kind, path in plots.items():
         lines += [f"![{CAPTIONS[kind]}]({path.relative_to(doc_dir).as_posix()})", ""]
@@ -187,13 +244,18 @@ def conclusion(task: Task, numbers: TaskSummary) -> str:
         return f"- **{task.name}**: no CGGM row was run."
     entry = numbers.table[chosen]
     diff, head = entry.get("vs_joint"), entry.get("weak_head_vs_joint")
-    ranked = ("headroom check passed" if numbers.headroom["passed"]
-              else "headroom check FAILED (does not rank methods)")
-    return (f"- **{task.name}** ({ranked}): the CGGM row with the best validation score is **{chosen}**; on "
-            f"the test split it is {_against(diff.verdict) if diff else '— against'} joint training "
-            f"({_interval(diff)}, {diff.wins if diff else 0}/{diff.n if diff else 0} seeds better, "
-            f"{entry['collapsed']} collapsed), weak-modality head {_interval(head)}, step time "
-            f"{_ratio(entry['time_ratio'])}.")
+    ranked = (
+        "headroom check passed"
+        if numbers.headroom["passed"]
+        else "headroom check FAILED (does not rank methods)"
+    )
+    return (
+        f"- **{task.name}** ({ranked}): the CGGM row with the best validation score is **{chosen}**; on "
+        f"the test split it is {_against(diff.verdict) if diff else '— against'} joint training "
+        f"({_interval(diff)}, {diff.wins if diff else 0}/{diff.n if diff else 0} seeds better, "
+        f"{entry['collapsed']} collapsed), weak-modality head {_interval(head)}, step time "
+        f"{_ratio(entry['time_ratio'])}."
+    )
 
 
 def answer(tasks: Sequence[Task], numbers: Mapping[str, TaskSummary]) -> list[str]:
@@ -201,26 +263,48 @@ def answer(tasks: Sequence[Task], numbers: Mapping[str, TaskSummary]) -> list[st
     headroom, and which part of CGGM (magnitude, direction, estimators) moves the score which way."""
     ranked = [t for t in tasks if numbers[t.name].headroom["passed"]]
     chosen = {t.name: numbers[t.name].table.get(numbers[t.name].default, {}) for t in ranked}
-    wins = [name for name, entry in chosen.items()
-            if entry.get("vs_joint") and entry["vs_joint"].verdict == "above"]
+    wins = [
+        name
+        for name, entry in chosen.items()
+        if entry.get("vs_joint") and entry["vs_joint"].verdict == "above"
+    ]
     if wins:
-        lines = [f"A CGGM setting chosen on validation data is above joint training on the test split of "
-                 f"{', '.join(wins)} (a task with headroom); the lines above give the setting and interval."]
+        lines = [
+            f"A CGGM setting chosen on validation data is above joint training on the test split of "
+            f"{', '.join(wins)} (a task with headroom); the lines above give the setting and interval."
+        ]
     else:
-        on_passed = ("; on those the CGGM default chosen on validation is not above joint training on the "
-                     "test split") if ranked else ""
-        on_failed = ("; on each task that failed it, at least one of the check's two comparisons was not "
-                     "above 0 (its section shows which), so no method is ranked there") \
-            if len(ranked) < len(tasks) else ""
-        lines = [f"**No CGGM setting is shown to improve on joint training here.** {len(ranked)} of "
-                 f"{len(tasks)} tasks passed the headroom check{on_passed}{on_failed}."]
-    lines += ["", "What each part of CGGM did to the test score against joint training (paired 95% "
-              "intervals, every task, ranked or not):", ""]
+        on_passed = (
+            ("; on those the CGGM default chosen on validation is not above joint training on the test split")
+            if ranked
+            else ""
+        )
+        on_failed = (
+            (
+                "; on each task that failed it, at least one of the check's two comparisons was not "
+                "above 0 (its section shows which), so no method is ranked there"
+            )
+            if len(ranked) < len(tasks)
+            else ""
+        )
+        lines = [
+            f"**No CGGM setting is shown to improve on joint training here.** {len(ranked)} of "
+            f"{len(tasks)} tasks passed the headroom check{on_passed}{on_failed}."
+        ]
+    lines += [
+        "",
+        "What each part of CGGM did to the test score against joint training (paired 95% "
+        "intervals, every task, ranked or not):",
+        "",
+    ]
     for part in PARTS:
         for estimators, suffix in ESTIMATORS.items():
             row = f"cggm_{part}{suffix}"
-            verdicts = [f"{t.name} {e['vs_joint'].verdict} ({e['vs_joint'].mean:+.3f})" for t in tasks
-                        if (e := numbers[t.name].table.get(row)) and e.get("vs_joint")]
+            verdicts = [
+                f"{t.name} {e['vs_joint'].verdict} ({e['vs_joint'].mean:+.3f})"
+                for t in tasks
+                if (e := numbers[t.name].table.get(row)) and e.get("vs_joint")
+            ]
             if verdicts:
                 lines.append(f"- {part}, {estimators} (`{row}`): {'; '.join(verdicts)}")
     return lines
@@ -232,40 +316,73 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if hasattr(value, "__dataclass_fields__"):
-        return {**{k: _jsonable(getattr(value, k)) for k in value.__dataclass_fields__},
-                **({"verdict": value.verdict} if isinstance(value, PairedDifference) else {})}
+        return {
+            **{k: _jsonable(getattr(value, k)) for k in value.__dataclass_fields__},
+            **({"verdict": value.verdict} if isinstance(value, PairedDifference) else {}),
+        }
     return value
 
 
-def write_benchmark(records: Sequence[RunRecord], tasks: Sequence[Task], methods: Sequence[str],
-                    out: Path, command: str, machine: dict[str, Any], wall_s: float,
-                    quick: bool) -> list[Path]:
+def write_benchmark(
+    records: Sequence[RunRecord],
+    tasks: Sequence[Task],
+    methods: Sequence[str],
+    out: Path,
+    command: str,
+    machine: dict[str, Any],
+    wall_s: float,
+    quick: bool,
+) -> list[Path]:
     """Write the markdown report, its PNG plots and ``results.json``; returns the files written."""
     out = Path(out)
     folder = out.parent / "benchmark"
     numbers = {task.name: summarise(records, task, methods) for task in tasks}
-    sections = [task_section(task, numbers[task.name], plot_task(records, task, numbers[task.name], folder),
-                             out.parent) for task in tasks]
+    sections = [
+        task_section(
+            task, numbers[task.name], plot_task(records, task, numbers[task.name], folder), out.parent
+        )
+        for task in tasks
+    ]
     cost_only = sum(r.cost_only for r in records)
     text = page_template().substitute(
-        quick=QUICK_NOTE if quick else "", command=command,
-        cpu=machine["cpu"], nproc=machine["nproc"], threads=machine["threads"], jobs=machine.get("jobs", 1),
-        gpu=f", GPU {machine['gpu']}" if machine.get("gpu") else "", python=machine["python"],
-        torch=machine["torch"], monai=machine["monai"],
-        date=datetime.date.today().isoformat(), wall_min=f"{wall_s / 60:.1f}",
+        quick=QUICK_NOTE if quick else "",
+        command=command,
+        cpu=machine["cpu"],
+        nproc=machine["nproc"],
+        threads=machine["threads"],
+        jobs=machine.get("jobs", 1),
+        gpu=f", GPU {machine['gpu']}" if machine.get("gpu") else "",
+        python=machine["python"],
+        torch=machine["torch"],
+        monai=machine["monai"],
+        date=datetime.date.today().isoformat(),
+        wall_min=f"{wall_s / 60:.1f}",
         scored=len(records) - cost_only,
         cost_runs=f" and {cost_only} cost-only runs" if cost_only else "",
         conclusions="\n".join(conclusion(task, numbers[task.name]) for task in tasks),
         answer="\n".join(answer(tasks, numbers)),
         tasks="".join("\n".join(lines) + "\n" for lines in sections),
-        warmup=WARMUP_STEPS, repeats=COST_REPEATS,
+        warmup=WARMUP_STEPS,
+        repeats=COST_REPEATS,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     data = folder / "results.json"
     summary = {name: task_numbers.saved() for name, task_numbers in numbers.items()}
-    data.write_text(json.dumps(_jsonable({"command": command, "machine": machine, "wall_s": wall_s,
-                                          "summary": summary, "runs": [r.saved() for r in records]}),
-                               indent=1) + "\n")
+    data.write_text(
+        json.dumps(
+            _jsonable(
+                {
+                    "command": command,
+                    "machine": machine,
+                    "wall_s": wall_s,
+                    "summary": summary,
+                    "runs": [r.saved() for r in records],
+                }
+            ),
+            indent=1,
+        )
+        + "\n"
+    )
     return [out, data, *sorted(folder.glob("*.png"))]

@@ -61,8 +61,11 @@ def _write_synthetic_case(out: Path, index: int, shape: tuple[int, int, int], se
     images = {name: np.ascontiguousarray(image[crop]) for name, image in images.items()}
     folder = write_case(out, LAYOUT, index, images, np.ascontiguousarray(label[crop]), brats_affine(edge))
     name, layout = case_id(LAYOUT, index), FOLDER_LAYOUTS[LAYOUT]
-    return {"image": [str(folder / layout.file_name(name, s)) for s in SEQUENCES],
-            "label": str(folder / layout.file_name(name, LABEL_KEY)), "case_id": name}
+    return {
+        "image": [str(folder / layout.file_name(name, s)) for s in SEQUENCES],
+        "label": str(folder / layout.file_name(name, LABEL_KEY)),
+        "case_id": name,
+    }
 
 
 def synthesize(out: Path, cases: int, shape: tuple[int, int, int], seed: int) -> list[dict[str, Any]]:
@@ -76,8 +79,15 @@ def synthesize(out: Path, cases: int, shape: tuple[int, int, int], seed: int) ->
 # ----------------------------------------------------------------------------------------- bundle
 def common_overrides(args: argparse.Namespace, entries: list[dict[str, Any]]) -> dict[str, Any]:
     """The bench's sizes and data in place of the bundle's datalist; everything else stays the config's."""
-    overrides = {"device": args.device, "roi_size": [args.roi] * 3, "batch_size": args.batch,
-                 "label_convention": LAYOUT, "split": [entries, entries], "cache_rate": 0.0, "epochs": 1}
+    overrides = {
+        "device": args.device,
+        "roi_size": [args.roi] * 3,
+        "batch_size": args.batch,
+        "label_convention": LAYOUT,
+        "split": [entries, entries],
+        "cache_rate": 0.0,
+        "epochs": 1,
+    }
     if args.workers is not None:
         overrides["num_workers"] = args.workers
     if args.device == "cpu":
@@ -116,14 +126,21 @@ def _timed_epochs(loader: Iterable, epochs: int) -> tuple[float, int, dict]:
     return time.perf_counter() - start, count, first
 
 
-def loader_throughput(args: argparse.Namespace, overrides: dict[str, Any],
-                      cache_dir: Path) -> tuple[dict[str, Any], dict]:
+def loader_throughput(
+    args: argparse.Namespace, overrides: dict[str, Any], cache_dir: Path
+) -> tuple[dict[str, Any], dict]:
     """Cases/s of the bundle's train loader per caching variant, and one training batch."""
     variants = {
         "none": {},
         "memory": {"cache_rate": 1.0},
-        "disk": {"train#dataset": {"_target_": "PersistentDataset", "data": "$@split[0]",
-                                   "transform": "@train#preprocessing", "cache_dir": str(cache_dir)}},
+        "disk": {
+            "train#dataset": {
+                "_target_": "PersistentDataset",
+                "data": "$@split[0]",
+                "transform": "@train#preprocessing",
+                "cache_dir": str(cache_dir),
+            }
+        },
     }
     results: dict[str, Any] = {}
     for name, extra in variants.items():
@@ -134,16 +151,19 @@ def loader_throughput(args: argparse.Namespace, overrides: dict[str, Any],
         if name == "disk":  # PersistentDataset writes its cache during the first pass
             fill = _timed_epochs(loader, 1)[0]
         seconds, batches, batch = _timed_epochs(loader, args.loader_epochs)
-        results[name] = {"cases_per_s": batches * loader.batch_size / seconds,
-                         "cache_fill_s": None if name == "none" else fill}
+        results[name] = {
+            "cases_per_s": batches * loader.batch_size / seconds,
+            "cache_fill_s": None if name == "none" else fill,
+        }
         logger.info("loader %s: %.2f cases/s", name, results[name]["cases_per_s"])
     results["workers"] = loader.num_workers
     return results, batch
 
 
 # ------------------------------------------------------------------------------------------ train
-def time_training(args: argparse.Namespace, overrides: dict[str, Any], batch: dict,
-                  modulation: str) -> dict[str, Any]:
+def time_training(
+    args: argparse.Namespace, overrides: dict[str, Any], batch: dict, modulation: str
+) -> dict[str, Any]:
     """Median step time and peak memory of the bundle's trainer with ``modulation`` ("none" or "cggm").
 
     One batch, already on the device, is fed again and again: the step time leaves the loader out
@@ -159,10 +179,14 @@ def time_training(args: argparse.Namespace, overrides: dict[str, Any], batch: di
     release(args.device)
     trainer.run()
     step = statistics.median(timer.steady)
-    result = {"modulation": modulation, "step_time_s": step,
-              "iterations_per_s": 1.0 / step, "peak_memory_mib": peak_memory_mib(args.device),
-              "amp": bool(trainer.amp),
-              "amp_dtype": str(trainer.amp_kwargs.get("dtype", torch.float16)) if trainer.amp else None}
+    result = {
+        "modulation": modulation,
+        "step_time_s": step,
+        "iterations_per_s": 1.0 / step,
+        "peak_memory_mib": peak_memory_mib(args.device),
+        "amp": bool(trainer.amp),
+        "amp_dtype": str(trainer.amp_kwargs.get("dtype", torch.float16)) if trainer.amp else None,
+    }
     logger.info("train %s: %.3f s/step", result["modulation"], step)
     return result
 
@@ -189,9 +213,13 @@ def time_inference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[
             inferer(volume, network)
             synchronize(args.device)
             seconds.append(time.perf_counter() - start)
-    result = {"latency_s_median": statistics.median(seconds[1:]), "latency_s": seconds[1:],
-              "volume_shape": list(volumes[0].shape[2:]), "amp": amp,
-              "amp_dtype": str(amp_kwargs.get("dtype", torch.float16)) if amp else None}
+    result = {
+        "latency_s_median": statistics.median(seconds[1:]),
+        "latency_s": seconds[1:],
+        "volume_shape": list(volumes[0].shape[2:]),
+        "amp": amp,
+        "amp_dtype": str(amp_kwargs.get("dtype", torch.float16)) if amp else None,
+    }
     logger.info("inference: %.3f s/case", result["latency_s_median"])
     return result
 
@@ -199,11 +227,18 @@ def time_inference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[
 # ------------------------------------------------------------------------------------------- main
 def environment(args: argparse.Namespace, cudnn_benchmark: bool) -> dict[str, Any]:
     """What the numbers were measured on, so a reader can compare like with like."""
-    env = {"device": args.device, "cpu": cpu_model(), "nproc": os.cpu_count(), "torch": torch.__version__,
-           "python": platform.python_version(), "cudnn_benchmark": cudnn_benchmark}
+    env = {
+        "device": args.device,
+        "cpu": cpu_model(),
+        "nproc": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cudnn_benchmark": cudnn_benchmark,
+    }
     if args.device == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version())
+        env.update(
+            gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version()
+        )
     return env
 
 
@@ -226,14 +261,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ratio = cggm["step_time_s"] / joint["step_time_s"]
     return {
         "environment": environment(args, cudnn_benchmark),
-        "settings": {"size": list(args.size), "roi": args.roi, "batch": args.batch, "steps": args.steps,
-                     "warmup": WARMUP_STEPS, "cases": args.cases, "loader_epochs": args.loader_epochs,
-                     "config": str(args.config), "set": dict(args.set)},
+        "settings": {
+            "size": list(args.size),
+            "roi": args.roi,
+            "batch": args.batch,
+            "steps": args.steps,
+            "warmup": WARMUP_STEPS,
+            "cases": args.cases,
+            "loader_epochs": args.loader_epochs,
+            "config": str(args.config),
+            "set": dict(args.set),
+        },
         "synthesis_s": synthesis,
         "loader": loader,
         "train": {"joint": joint, "cggm": cggm, "step_time_ratio": ratio},
         "inference": inference,
-        "targets": {**TARGETS,
-                    "step_time_ratio_met": ratio <= TARGETS["step_time_ratio_max"],
-                    "inference_met": inference["latency_s_median"] <= TARGETS["inference_s_per_case_max"]},
+        "targets": {
+            **TARGETS,
+            "step_time_ratio_met": ratio <= TARGETS["step_time_ratio_max"],
+            "inference_met": inference["latency_s_median"] <= TARGETS["inference_s_per_case_max"],
+        },
     }

@@ -25,8 +25,13 @@ from cggm_seg.networks import MultiModalUNet3D
 
 
 def _run(
-    network: MultiModalUNet3D, batch: dict, steps: int, device: torch.device, direction: str | None,
-    lam: float = 0.1, head_level: int = 0,
+    network: MultiModalUNet3D,
+    batch: dict,
+    steps: int,
+    device: torch.device,
+    direction: str | None,
+    lam: float = 0.1,
+    head_level: int = 0,
 ) -> tuple[list[float], float]:
     """Train ``steps`` steps (with CGGM when ``direction`` is set); returns step times and peak MiB."""
     net = copy.deepcopy(network)

@@ -55,5 +55,8 @@ class RunRecord:
     def saved(self) -> dict[str, Any]:
         """The run as ``results.json`` keeps it: the keys the run wrote, without :data:`PER_ITERATION`
         (a scored run writes no ``cost_only``, a cost-only run no scores)."""
-        return {key: value for key, value in asdict(self).items()
-                if key not in PER_ITERATION and value is not None and (key != "cost_only" or value)}
+        return {
+            key: value
+            for key, value in asdict(self).items()
+            if key not in PER_ITERATION and value is not None and (key != "cost_only" or value)
+        }

@@ -115,18 +115,27 @@ def load_encoder(network: torch.nn.Module, checkpoint: Path, encoder: str) -> in
     """Copy encoder ``encoder``'s weights from ``checkpoint``'s network into ``network``; tensors copied."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["network"]
     prefix = encoder + "."
-    subset = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    subset = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     if not subset:
         raise RuntimeError(f"{checkpoint} has no weights of encoder {encoder!r}")
     network.get_submodule(encoder).load_state_dict(subset)
     return len(subset)
 
 
-def evaluate_split(task: Task, variant: Variant, overrides: dict[str, Any], data_dir: Path, run_dir: Path,
-                   split: str, heads_handler: ModalityHeadsHandler, with_reliance: bool) -> dict[str, Any]:
+def evaluate_split(
+    task: Task,
+    variant: Variant,
+    overrides: dict[str, Any],
+    data_dir: Path,
+    run_dir: Path,
+    split: str,
+    heads_handler: ModalityHeadsHandler,
+    with_reliance: bool,
+) -> dict[str, Any]:
     """Scores of the final weights and of the heads on ``split``; on request also the reliance."""
-    parser = bundle_parser([task.train_config, task.eval_config],
-                           {**task.eval_overrides(data_dir, run_dir, split), **overrides})
+    parser = bundle_parser(
+        [task.train_config, task.eval_config], {**task.eval_overrides(data_dir, run_dir, split), **overrides}
+    )
     evaluator = parser.get_parsed_content("validate#evaluator")
     network = parser.get_parsed_content("network")
     encoders, names = heads_handler.encoder_names, heads_handler.modality_names
@@ -134,9 +143,11 @@ def evaluate_split(task: Task, variant: Variant, overrides: dict[str, Any], data
         keep_only_modality(network, encoders, variant.settings["modality"], names)
     evaluator.run()
     result: dict[str, Any] = {"scores": task.scores(parser, evaluator)}
-    result["head_scores"] = head_scores(network, heads_handler.heads, encoders, names,
-                                        _batches(parser, evaluator), heads_handler.metric)
+    result["head_scores"] = head_scores(
+        network, heads_handler.heads, encoders, names, _batches(parser, evaluator), heads_handler.metric
+    )
     if with_reliance:
+
         def evaluate() -> float:
             evaluator.run()
             return task.scores(parser, evaluator)[task.score_key]
@@ -148,11 +159,21 @@ def evaluate_split(task: Task, variant: Variant, overrides: dict[str, Any], data
 class _Training:
     """A run's trainer, built from the bundle with the variant's overrides and every probe attached."""
 
-    def __init__(self, task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path,
-                 schedule: dict[str, Any] | None = None, init_checkpoint: Path | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        variant: Variant,
+        seed: int,
+        data_dir: Path,
+        run_dir: Path,
+        schedule: dict[str, Any] | None = None,
+        init_checkpoint: Path | None = None,
+    ) -> None:
         self.overrides = variant_overrides(variant, seed)
-        self.parser = bundle_parser([task.train_config], {**task.train_overrides(data_dir, run_dir),
-                                                          **(schedule or {}), **self.overrides})
+        self.parser = bundle_parser(
+            [task.train_config],
+            {**task.train_overrides(data_dir, run_dir), **(schedule or {}), **self.overrides},
+        )
         self.parser.get_parsed_content("initialize")
         self.trainer = self.parser.get_parsed_content("trainer")
         handler = self.parser.get_parsed_content("modulation_handler")
@@ -178,8 +199,15 @@ class _Training:
         return memory.mib
 
 
-def train_and_measure(task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path,
-                      init_checkpoint: Path | None = None, alone: bool = True) -> dict[str, Any]:
+def train_and_measure(
+    task: Task,
+    variant: Variant,
+    seed: int,
+    data_dir: Path,
+    run_dir: Path,
+    init_checkpoint: Path | None = None,
+    alone: bool = True,
+) -> dict[str, Any]:
     """Train ``variant`` on ``task`` with ``seed`` in ``run_dir``; everything the benchmark reports.
 
     ``init_checkpoint``: a finished run whose weak-modality encoder initialises this one (the oracle).
@@ -189,9 +217,19 @@ def train_and_measure(task: Task, variant: Variant, seed: int, data_dir: Path, r
     training = _Training(task, variant, seed, data_dir, run_dir, init_checkpoint=init_checkpoint)
     peak_mib = training.run()
     train_s = time.perf_counter() - started
-    splits = {split: evaluate_split(task, variant, training.overrides, data_dir, run_dir, split,
-                                    training.heads_handler, with_reliance=split == "test")
-              for split in SPLITS}
+    splits = {
+        split: evaluate_split(
+            task,
+            variant,
+            training.overrides,
+            data_dir,
+            run_dir,
+            split,
+            training.heads_handler,
+            with_reliance=split == "test",
+        )
+        for split in SPLITS
+    }
     return {
         "task": task.name,
         "variant": variant.name,
@@ -211,8 +249,9 @@ def train_and_measure(task: Task, variant: Variant, seed: int, data_dir: Path, r
     }
 
 
-def measure_cost(task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path,
-                 epochs: int) -> dict[str, Any]:
+def measure_cost(
+    task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path, epochs: int
+) -> dict[str, Any]:
     """Step times and peak memory of ``epochs`` epochs of ``variant``, without validation or scoring.
 
     For benchmarks whose runs share the machine (``--jobs`` > 1): their own timings are not quoted,

@@ -85,8 +85,10 @@ def paired_difference(
     seeds = sorted(set(method) & set(baseline))
     unpaired = len(set(method) ^ set(baseline))
     if not seeds:
-        raise ValueError(f"no seed is present in both method (seeds {sorted(method)}) and baseline "
-                         f"(seeds {sorted(baseline)}); nothing to compare")
+        raise ValueError(
+            f"no seed is present in both method (seeds {sorted(method)}) and baseline "
+            f"(seeds {sorted(baseline)}); nothing to compare"
+        )
     _check_finite({s: method[s] for s in seeds}, "method")
     _check_finite({s: baseline[s] for s in seeds}, "baseline")
     differences = np.array([method[s] - baseline[s] for s in seeds], dtype=np.float64)
@@ -100,8 +102,16 @@ def paired_difference(
         means = differences[indices].mean(axis=1)
         tail = (1.0 - confidence) / 2.0
         low, high = (float(q) for q in np.percentile(means, [100.0 * tail, 100.0 * (1.0 - tail)]))
-    return PairedDifference(n=n, mean=mean, median=float(np.median(differences)), low=low, high=high,
-                            wins=int((differences > 0).sum()), unpaired=unpaired, confidence=confidence)
+    return PairedDifference(
+        n=n,
+        mean=mean,
+        median=float(np.median(differences)),
+        low=low,
+        high=high,
+        wins=int((differences > 0).sum()),
+        unpaired=unpaired,
+        confidence=confidence,
+    )
 
 
 @dataclass(frozen=True)
@@ -124,8 +134,16 @@ def summary(values: Sequence[float]) -> Summary:
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"summary needs a non-empty 1-D sequence of numbers, got shape {array.shape}")
     q25, median, q75 = (float(q) for q in np.percentile(array, [25.0, 50.0, 75.0]))
-    return Summary(n=int(array.size), mean=float(array.mean()), std=float(array.std()), median=median,
-                   q25=q25, q75=q75, min=float(array.min()), max=float(array.max()))
+    return Summary(
+        n=int(array.size),
+        mean=float(array.mean()),
+        std=float(array.std()),
+        median=median,
+        q25=q25,
+        q75=q75,
+        min=float(array.min()),
+        max=float(array.max()),
+    )
 
 
 def segmentation_collapsed(region_dice: Mapping[str, float], threshold: float = 0.01) -> bool:
@@ -170,5 +188,5 @@ def plateaued(curve: Sequence[float], window: int = 3, tolerance: float = 0.01) 
         return False
     points = np.asarray(curve, dtype=np.float64)
     recent = points[-window:].mean()
-    before = points[-2 * window:-window].mean()
+    before = points[-2 * window : -window].mean()
     return bool(recent - before < tolerance)

@@ -29,12 +29,20 @@ from cggm_seg.metrics.summaries import summarise
 CONSOLE_HANDLERS = ("train#stats", "train#progress_bar", "validate#stats")
 #: the paper's estimators, pinned so the paper's rows stay the paper's whatever a bundle defaults to
 PAPER_ESTIMATORS: Mapping[str, Any] = {
-    "utilisation": "metric", "utilisation_momentum": 0.0, "improvement_window": 1,
-    "coefficient_rule": "paper", "direction_scale": "absolute", "apply_to": "gradient"}
+    "utilisation": "metric",
+    "utilisation_momentum": 0.0,
+    "improvement_window": 1,
+    "coefficient_rule": "paper",
+    "direction_scale": "absolute",
+    "apply_to": "gradient",
+}
 #: what every task's robust rows share; each task adds its soft utilisation (``Task.robust``)
 ROBUST_ESTIMATORS: Mapping[str, Any] = {
-    "utilisation_momentum": 0.9, "improvement_window": 8, "coefficient_rule": "level",
-    "direction_scale": "relative"}
+    "utilisation_momentum": 0.9,
+    "improvement_window": 8,
+    "coefficient_rule": "level",
+    "direction_scale": "relative",
+}
 #: Adam divides a constant gradient scale away, so the sequence tasks scale the update instead
 ROBUST_SEQUENCE_ESTIMATORS: Mapping[str, Any] = {**ROBUST_ESTIMATORS, "apply_to": "update"}
 #: the strong direction rows' ``lambda``: with ``direction_scale: relative`` the term is ``L.detach() L_gm``
@@ -96,24 +104,47 @@ class Task:
         MSLR factor are set once here, not tuned.
         """
         d, w, lam, robust = cls.dominant, cls.weak, cls.paper_lambda, dict(cls.robust)
-        ablation = {"magnitude": {"lambda": 0.0}, "direction": {"magnitude": False, "lambda": lam},
-                    "both": {"lambda": lam}}
+        ablation = {
+            "magnitude": {"lambda": 0.0},
+            "direction": {"magnitude": False, "lambda": lam},
+            "both": {"lambda": lam},
+        }
         variants = [
             Variant("joint", "none", {}, "joint training: no balancing"),
-            Variant("unimodal_weak", "unimodal", {"modality": w},
-                    f"trained on the weak modality ({w}) alone"),
-            Variant("oracle", "none", {}, f"joint training from the {w} encoder of unimodal_weak",
-                    init_from="unimodal_weak"),
+            Variant(
+                "unimodal_weak", "unimodal", {"modality": w}, f"trained on the weak modality ({w}) alone"
+            ),
+            Variant(
+                "oracle",
+                "none",
+                {},
+                f"joint training from the {w} encoder of unimodal_weak",
+                init_from="unimodal_weak",
+            ),
         ]
         for part, settings in ablation.items():
-            variants.append(Variant(f"cggm_{part}", "cggm", {**settings, **PAPER_ESTIMATORS},
-                                    f"CGGM {part}, the paper's estimators (metric, step-to-step, (S-d)/S)"))
-            variants.append(Variant(f"cggm_{part}_robust", "cggm", {**settings, **robust},
-                                    f"CGGM {part}, robust estimators"))
+            variants.append(
+                Variant(
+                    f"cggm_{part}",
+                    "cggm",
+                    {**settings, **PAPER_ESTIMATORS},
+                    f"CGGM {part}, the paper's estimators (metric, step-to-step, (S-d)/S)",
+                )
+            )
+            variants.append(
+                Variant(
+                    f"cggm_{part}_robust", "cggm", {**settings, **robust}, f"CGGM {part}, robust estimators"
+                )
+            )
         for part in ("direction", "both"):
-            variants.append(Variant(f"cggm_{part}_robust_strong", "cggm",
-                                    {**ablation[part], **robust, "lambda": STRONG_LAMBDA},
-                                    f"CGGM {part}, robust estimators, lambda {STRONG_LAMBDA}"))
+            variants.append(
+                Variant(
+                    f"cggm_{part}_robust_strong",
+                    "cggm",
+                    {**ablation[part], **robust, "lambda": STRONG_LAMBDA},
+                    f"CGGM {part}, robust estimators, lambda {STRONG_LAMBDA}",
+                )
+            )
         variants += [
             Variant("ogm_ge", "ogm_ge", {"alpha": 0.5}, "OGM-GE, M-modality form, alpha 0.5, with noise"),
             Variant("mslr", "mslr", {"lr_scales": {d: 0.5}}, f"modality-specific learning rates: {d} x 0.5"),
@@ -155,7 +186,8 @@ class BratsData:
     """
 
     noise: Mapping[str, float] = field(
-        default_factory=lambda: {"flair": 0.35, "t1": 0.35, "t2": 0.35, "t1ce": 0.02})
+        default_factory=lambda: {"flair": 0.35, "t1": 0.35, "t2": 0.35, "t1ce": 0.02}
+    )
     contrast: Mapping[str, float] = field(default_factory=lambda: {"t1ce": 1.5})
     texture: tuple[str, ...] = ()
     misplaced: Mapping[str, float] = field(default_factory=dict)
@@ -180,6 +212,7 @@ class BratsTask(Task):
     def data(self) -> BratsData:
         """The phantoms' :class:`BratsData`: its defaults, changed by the setting's ``data`` entries."""
         return BratsData(**self.setting.get("data", {}))
+
     #: datalist folds: fold 0 is the test split, fold 1 the validation split, the others train
     FOLDS = {"test": 0, "val": 1}
 
@@ -191,9 +224,16 @@ class BratsTask(Task):
         from data_prep.synth_brats import write_brats_dataset
 
         s, data = self.setting, self.data
-        write_brats_dataset(data_dir, s["cases"], s["size"], data_seed, noise=dict(data.noise),
-                            contrast=dict(data.contrast), texture=data.texture,
-                            misplaced=dict(data.misplaced))
+        write_brats_dataset(
+            data_dir,
+            s["cases"],
+            s["size"],
+            data_seed,
+            noise=dict(data.noise),
+            contrast=dict(data.contrast),
+            texture=data.texture,
+            misplaced=dict(data.misplaced),
+        )
         write_datalist(data_dir, data_dir / "datalist.json", s["folds"], data_seed)
 
     def _split(self, data_dir: Path) -> list[list[dict]]:
@@ -333,14 +373,18 @@ class ShortcutTask(SequenceTask):
     def _write(self, path: Path, data_seed: int) -> None:
         from data_prep.synth_shortcut import write_shortcut_iemocap
 
-        write_shortcut_iemocap(path, self.setting["n"], data_seed, self.spec, force=True,
-                               held_out=self.setting.get("held_out"))
+        write_shortcut_iemocap(
+            path, self.setting["n"], data_seed, self.spec, force=True, held_out=self.setting.get("held_out")
+        )
 
     def describe(self) -> str:
         s, spec = self.setting, self.spec
         held_out = s.get("held_out") or "a third as many"
-        signs = (" with a random sign at every step, so only its energy shows the class"
-                 if spec.audio_random_sign else "")
+        signs = (
+            " with a random sign at every step, so only its energy shows the class"
+            if spec.audio_random_sign
+            else ""
+        )
         return (
             f"Synthetic 4-class data in the IEMOCAP MulT layout (`data_prep.synth_shortcut`, {s['n']} "
             f"training samples and {held_out} each for validation and test per seed, data seed = "
@@ -397,24 +441,82 @@ SHORTCUT_DATA = {"audio_random_sign": True, "audio_strength": 0.4}
 #: per task, the ``--quick`` (CI smoke test) and the full (documented) settings
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "brats": {
-        "quick": {"size": 16, "cases": 8, "folds": 4, "channels": (4, 8, 16, 32), "epochs": 2,
-                  "val_interval": 1, "warmup_epochs": 1, "batch_size": 2, "learning_rate": 0.05,
-                  "head_learning_rate": 0.03, "cost_epochs": 2},
-        "full": {"size": 16, "cases": 30, "folds": 5, "channels": (8, 16, 32, 64), "epochs": 90,
-                 "val_interval": 9, "warmup_epochs": 1, "batch_size": 2, "learning_rate": 0.05,
-                 "head_learning_rate": 0.03, "cost_epochs": 6},
+        "quick": {
+            "size": 16,
+            "cases": 8,
+            "folds": 4,
+            "channels": (4, 8, 16, 32),
+            "epochs": 2,
+            "val_interval": 1,
+            "warmup_epochs": 1,
+            "batch_size": 2,
+            "learning_rate": 0.05,
+            "head_learning_rate": 0.03,
+            "cost_epochs": 2,
+        },
+        "full": {
+            "size": 16,
+            "cases": 30,
+            "folds": 5,
+            "channels": (8, 16, 32, 64),
+            "epochs": 90,
+            "val_interval": 9,
+            "warmup_epochs": 1,
+            "batch_size": 2,
+            "learning_rate": 0.05,
+            "head_learning_rate": 0.03,
+            "cost_epochs": 6,
+        },
     },
     "shortcut": {
-        "quick": {"n": 48, "epochs": 2, "val_interval": 1, "batch_size": 16, "d_model": 8, "num_heads": 2,
-                  "encoder_layers": 1, "fusion_layers": 1, "data": SHORTCUT_DATA, "cost_epochs": 2},
-        "full": {"n": 400, "held_out": 800, "epochs": 160, "val_interval": 16, "batch_size": 64,
-                 "d_model": 16, "num_heads": 2, "encoder_layers": 1, "fusion_layers": 1,
-                 "data": SHORTCUT_DATA, "cost_epochs": 8},
+        "quick": {
+            "n": 48,
+            "epochs": 2,
+            "val_interval": 1,
+            "batch_size": 16,
+            "d_model": 8,
+            "num_heads": 2,
+            "encoder_layers": 1,
+            "fusion_layers": 1,
+            "data": SHORTCUT_DATA,
+            "cost_epochs": 2,
+        },
+        "full": {
+            "n": 400,
+            "held_out": 800,
+            "epochs": 160,
+            "val_interval": 16,
+            "batch_size": 64,
+            "d_model": 16,
+            "num_heads": 2,
+            "encoder_layers": 1,
+            "fusion_layers": 1,
+            "data": SHORTCUT_DATA,
+            "cost_epochs": 8,
+        },
     },
     "mosi": {
-        "quick": {"n": 48, "epochs": 2, "val_interval": 1, "batch_size": 16, "d_model": 8, "num_heads": 2,
-                  "encoder_layers": 1, "fusion_layers": 1, "cost_epochs": 2},
-        "full": {"n": 600, "epochs": 10, "val_interval": 2, "batch_size": 32, "d_model": 16, "num_heads": 2,
-                 "encoder_layers": 2, "fusion_layers": 1, "cost_epochs": 2},
+        "quick": {
+            "n": 48,
+            "epochs": 2,
+            "val_interval": 1,
+            "batch_size": 16,
+            "d_model": 8,
+            "num_heads": 2,
+            "encoder_layers": 1,
+            "fusion_layers": 1,
+            "cost_epochs": 2,
+        },
+        "full": {
+            "n": 600,
+            "epochs": 10,
+            "val_interval": 2,
+            "batch_size": 32,
+            "d_model": 16,
+            "num_heads": 2,
+            "encoder_layers": 2,
+            "fusion_layers": 1,
+            "cost_epochs": 2,
+        },
     },
 }

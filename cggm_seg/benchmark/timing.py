@@ -114,8 +114,14 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
-    info = {"cpu": cpu_model(), "nproc": os.cpu_count(), "torch": torch.__version__,
-            "monai": monai.__version__, "python": platform.python_version(), "gpu": None}
+    info = {
+        "cpu": cpu_model(),
+        "nproc": os.cpu_count(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+        "gpu": None,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -52,8 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"markdown report to write; plots go to OUT's folder/benchmark (default {DEFAULT_OUT})",
     )
     parser.add_argument(
-        "--seeds", type=int, default=None,
-        help="seeds 0..N-1, each with its own data set (default 5; 1 with --quick)"
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds 0..N-1, each with its own data set (default 5; 1 with --quick)",
     )
     parser.add_argument(
         "--methods",
@@ -128,8 +130,9 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cggm-benchmark-") as scratch:
         work = args.work or Path(scratch)
-        tasks, results = run_benchmark(args.tasks, args.methods, args.seeds, setting, args.threads, work,
-                                       args.jobs)
+        tasks, results = run_benchmark(
+            args.tasks, args.methods, args.seeds, setting, args.threads, work, args.jobs
+        )
     written = write_benchmark(
         results,
         tasks,
@@ -151,8 +154,15 @@ def _rewrite(args: argparse.Namespace, setting: str) -> int:
     tasks, results = load_runs(args.work, args.tasks, setting)
     if not results:
         raise UserError(f"--rewrite-report: no finished runs (*/runs/*/result.json) in {args.work}")
-    written = write_benchmark(results, tasks, args.methods, args.out, command=command_line(args),
-                              machine={**machine(), "threads": args.threads, "jobs": args.jobs},
-                              wall_s=sum(r.total_s for r in results), quick=args.quick)
+    written = write_benchmark(
+        results,
+        tasks,
+        args.methods,
+        args.out,
+        command=command_line(args),
+        machine={**machine(), "threads": args.threads, "jobs": args.jobs},
+        wall_s=sum(r.total_s for r in results),
+        quick=args.quick,
+    )
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0

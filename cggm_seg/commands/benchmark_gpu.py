@@ -30,26 +30,40 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cuda", "cpu"),
-                        default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=parse_shape, default=(240, 240, 155),
-                        help="volume shape (default 240,240,155)")
-    parser.add_argument("--roi", type=int, default=128,
-                        help="edge of the training crop and of the sliding window (default 128)")
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--size", type=parse_shape, default=(240, 240, 155), help="volume shape (default 240,240,155)"
+    )
+    parser.add_argument(
+        "--roi",
+        type=int,
+        default=128,
+        help="edge of the training crop and of the sliding window (default 128)",
+    )
     parser.add_argument("--batch", type=int, default=2, help="training batch size (default 2)")
-    parser.add_argument("--steps", type=int, default=30,
-                        help="timed training steps per mode, after the shared warm-up (default 30)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=30,
+        help="timed training steps per mode, after the shared warm-up (default 30)",
+    )
     parser.add_argument("--cases", type=int, default=8, help="synthetic cases (default 8)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's)")
     parser.add_argument("--loader-epochs", type=int, default=2, help="timed loader epochs per variant")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle train.json")
-    parser.add_argument("--set", type=bundle_override, action="append", default=[], metavar="ID=VALUE",
-                        help="override a config id, as on the monai.bundle command line (repeatable), "
-                             "e.g. --set 'train#trainer#amp_kwargs={\"dtype\": \"$torch.bfloat16\"}'")
+    parser.add_argument(
+        "--set",
+        type=bundle_override,
+        action="append",
+        default=[],
+        metavar="ID=VALUE",
+        help="override a config id, as on the monai.bundle command line (repeatable), "
+        'e.g. --set \'train#trainer#amp_kwargs={"dtype": "$torch.bfloat16"}\'',
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON document here")
-
-
 
 
 def main(args: argparse.Namespace) -> int:

@@ -21,11 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds", type=int, default=3, help="alternating runs of each variant (default: %(default)s)"
     )
     parser.add_argument("--direction", choices=DIRECTIONS, default="weights", help="CGGM direction mode")
-    parser.add_argument("--lambda", dest="lam", type=float, default=0.1,
-                        help="CGGM's lambda; 0 times magnitude modulation alone (default: %(default)s)")
-    parser.add_argument("--head-level", type=int, default=0,
-                        help="encoder level the CGGM heads compute at, as the BraTS bundle's `head_level` "
-                             "(default: %(default)s)")
+    parser.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=0.1,
+        help="CGGM's lambda; 0 times magnitude modulation alone (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--head-level",
+        type=int,
+        default=0,
+        help="encoder level the CGGM heads compute at, as the BraTS bundle's `head_level` "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--modalities", type=int, default=4, help="encoders (default: %(default)s)")
     parser.add_argument(
         "--channels",

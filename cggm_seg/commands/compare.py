@@ -23,16 +23,29 @@ def method_runs(text: str) -> tuple[str, list[Path]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", type=method_runs, metavar="RUN",
-                        help="a scored run (its folder or per-case CSV), or NAME=RUN,RUN,... for several "
-                             "seeds of one method; the first is the reference the others are compared with")
-    parser.add_argument("--out", type=Path, default=Path("compare.json"),
-                        help="the comparison as JSON; the plot goes next to it as <name>.png "
-                             "(default: %(default)s)")
-    parser.add_argument("--metrics", nargs="+", metavar="METRIC",
-                        help="only these columns (default: every score column the runs share)")
-    parser.add_argument("--resamples", type=int, default=10000,
-                        help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        type=method_runs,
+        metavar="RUN",
+        help="a scored run (its folder or per-case CSV), or NAME=RUN,RUN,... for several "
+        "seeds of one method; the first is the reference the others are compared with",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("compare.json"),
+        help="the comparison as JSON; the plot goes next to it as <name>.png (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="METRIC",
+        help="only these columns (default: every score column the runs share)",
+    )
+    parser.add_argument(
+        "--resamples", type=int, default=10000, help="bootstrap resamples (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out and its plot")
 
@@ -45,8 +58,10 @@ def format_table(comparisons: list[Comparison]) -> str:
         lines += ["", f"{candidate} (B) against {reference} (A), {comparisons[0].n_cases} cases", header]
         for c in (c for c in comparisons if c.candidate == candidate):
             interval = f"[{c.low:+.4f}, {c.high:+.4f}]"
-            lines.append(f"{c.metric:<16} {c.mean_difference:>+9.4f} {interval:>20} {c.p_value:>7.3g} "
-                         f"{f'{c.wins}/{c.ties}/{c.losses}':>17}  {c.verdict}")
+            lines.append(
+                f"{c.metric:<16} {c.mean_difference:>+9.4f} {interval:>20} {c.p_value:>7.3g} "
+                f"{f'{c.wins}/{c.ties}/{c.losses}':>17}  {c.verdict}"
+            )
     return "\n".join(lines[1:])
 
 
@@ -66,13 +81,28 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--metrics: {', '.join(unknown)} not among the runs' score columns")
         comparisons = [c for c in comparisons if c.metric in args.metrics]
     print(format_table(comparisons))
-    write_json(args.out, {"runs": {name: [str(p) for p in paths] for name, paths in methods.items()},
-                          "comparisons": as_json(comparisons)}, args.force)
+    write_json(
+        args.out,
+        {
+            "runs": {name: [str(p) for p in paths] for name, paths in methods.items()},
+            "comparisons": as_json(comparisons),
+        },
+        args.force,
+    )
     reference, candidate = list(tables)[:2]
     cases = sorted(tables[reference][0].scores)
     shown = [c.metric for c in comparisons if c.candidate == candidate][:6]
-    paired_scatter({m: (seed_matrix(tables[reference], cases, m).mean(axis=1),
-                        seed_matrix(tables[candidate], cases, m).mean(axis=1)) for m in shown},
-                   plot, xlabel=f"{reference} (per case)", ylabel=f"{candidate} (per case)")
+    paired_scatter(
+        {
+            m: (
+                seed_matrix(tables[reference], cases, m).mean(axis=1),
+                seed_matrix(tables[candidate], cases, m).mean(axis=1),
+            )
+            for m in shown
+        },
+        plot,
+        xlabel=f"{reference} (per case)",
+        ylabel=f"{candidate} (per case)",
+    )
     print(f"wrote {args.out} and {plot}")
     return 0

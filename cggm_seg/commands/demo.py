@@ -148,12 +148,16 @@ def claim_output(out: Path, force: bool) -> None:
     if found and not force:
         raise UserError(f"--out: {out} is not empty; choose another folder or pass --force to replace it")
     if found and not _is_demo_output(out):
-        raise UserError(f"--force: {out} was not written by `cggm-seg demo` (no {MARKER} in it), so nothing "
-                        "in it is removed; choose another --out or empty it yourself")
+        raise UserError(
+            f"--force: {out} was not written by `cggm-seg demo` (no {MARKER} in it), so nothing "
+            "in it is removed; choose another --out or empty it yourself"
+        )
     foreign = [name for name in found if name not in (MARKER, *DEMO_ENTRIES)]
     if foreign:
-        raise UserError(f"--force: {out} also holds {', '.join(foreign)}, which `cggm-seg demo` did not "
-                        "write, so nothing in it is removed; move them or choose another --out")
+        raise UserError(
+            f"--force: {out} also holds {', '.join(foreign)}, which `cggm-seg demo` did not "
+            "write, so nothing in it is removed; move them or choose another --out"
+        )
     for name in DEMO_ENTRIES:
         _remove(out / name)
     write_json(out / MARKER, {"written_by": WRITTEN_BY, "entries": list(DEMO_ENTRIES)}, overwrite=True)
@@ -188,8 +192,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=bundle_override,
         help="any other bundle override, e.g. --set cggm#rho=1.2 --set 'cggm#coeff_clip=[0, 2]' (repeatable)",
     )
-    parser.add_argument("--force", action="store_true",
-                        help="replace the output of an earlier demo in --out (nothing else is removed)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the output of an earlier demo in --out (nothing else is removed)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,20 +13,37 @@ from cggm_seg.report import DEFAULT_CONFIG, montage, plot_curves, read_scalars
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="output_dir of a brats_cggm training run")
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default RUN_DIR/report)")
-    parser.add_argument("--dataset-dir", type=Path, default=None,
-                        help="the run's dataset_dir; without it the slice montage is skipped")
-    parser.add_argument("--datalist", type=Path, default=None,
-                        help="datalist JSON (default DATASET_DIR/datalist.json)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="weights for the montage (default RUN_DIR/model.pt)")
-    parser.add_argument("--fold", type=int, default=0,
-                        help="validation fold the montage case comes from (default 0)")
+    parser.add_argument(
+        "--dataset-dir",
+        type=Path,
+        default=None,
+        help="the run's dataset_dir; without it the slice montage is skipped",
+    )
+    parser.add_argument(
+        "--datalist", type=Path, default=None, help="datalist JSON (default DATASET_DIR/datalist.json)"
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="weights for the montage (default RUN_DIR/model.pt)"
+    )
+    parser.add_argument(
+        "--fold", type=int, default=0, help="validation fold the montage case comes from (default 0)"
+    )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the bundle's train.json")
-    parser.add_argument("--override", type=bundle_override, action="append", default=[], metavar="KEY=VALUE",
-                        help="a bundle setting the run was trained with (JSON value), e.g. "
-                             "'network_def#channels=[8,16,32,64]'; repeatable")
-    parser.add_argument("--smooth", type=int, default=None,
-                        help="moving-average window of per-iteration curves (default: 1/50 of the run)")
+    parser.add_argument(
+        "--override",
+        type=bundle_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a bundle setting the run was trained with (JSON value), e.g. "
+        "'network_def#channels=[8,16,32,64]'; repeatable",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=int,
+        default=None,
+        help="moving-average window of per-iteration curves (default: 1/50 of the run)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -38,13 +55,17 @@ def main(args: argparse.Namespace) -> int:
     longest = max((len(steps) for steps, _ in scalars.values()), default=1)
     written, notes = plot_curves(scalars, out, args.smooth or max(1, longest // 50))
     if args.dataset_dir is None:
-        notes.append("montage skipped: pass --dataset-dir (and --datalist if it is not "
-                     "DATASET_DIR/datalist.json)")
+        notes.append(
+            "montage skipped: pass --dataset-dir (and --datalist if it is not DATASET_DIR/datalist.json)"
+        )
     else:
         overrides = dict(args.override)
         checkpoint = args.checkpoint or run_dir / "model.pt"
-        written.append(montage(run_dir, out, args.dataset_dir, args.datalist, checkpoint, args.config,
-                               overrides, args.fold))
+        written.append(
+            montage(
+                run_dir, out, args.dataset_dir, args.datalist, checkpoint, args.config, overrides, args.fold
+            )
+        )
     for path in written:
         print(f"wrote {path}")
     for note in notes:

@@ -17,8 +17,12 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder to fill")
-    parser.add_argument("--classes", type=int, default=4,
-                        help="how many of the 101 classes occur (default 4, so a few epochs learn them)")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=4,
+        help="how many of the 101 classes occur (default 4, so a few epochs learn them)",
+    )
     add_common_arguments(parser, default_n=96)
 
 

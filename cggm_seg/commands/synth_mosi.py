@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="pickle to write, e.g. mosi_data_noalign.pkl")
-    parser.add_argument("--format", choices=FORMATS, default="mult",
-                        help="MulT or MMSA layout (default mult)")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="mult", help="MulT or MMSA layout (default mult)"
+    )
     add_common_arguments(parser, default_n=96)
 
 

@@ -27,8 +27,11 @@ HD95_KEYS = tuple(f"hd95_{r.lower()}" for r in ("WT", "TC", "ET"))
 SCORE_KEYS = DICE_KEYS + HD95_KEYS
 
 
-def region_scores(pred_masks: np.ndarray | torch.Tensor, gt_masks: np.ndarray | torch.Tensor,
-                  spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, float]:
+def region_scores(
+    pred_masks: np.ndarray | torch.Tensor,
+    gt_masks: np.ndarray | torch.Tensor,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> dict[str, float]:
     """Dice and HD95 (mm) of WT/TC/ET for one case given boolean (TC, WT, ET) masks [3, *spatial].
 
     Empty regions follow the BraTS rules: empty in both -> Dice 1, HD95 0; empty in exactly one
@@ -44,8 +47,9 @@ def region_scores(pred_masks: np.ndarray | torch.Tensor, gt_masks: np.ndarray | 
     pred = convert_to_tensor(pred_masks, dtype=torch.bool, track_meta=False).cpu()
     gt = convert_to_tensor(gt_masks, dtype=torch.bool, track_meta=False).cpu()
     if pred.shape != gt.shape or pred.shape[0] != len(REGIONS):
-        raise ValueError(f"expected two [3, *spatial] masks of one shape, got {tuple(pred.shape)} and "
-                         f"{tuple(gt.shape)}")
+        raise ValueError(
+            f"expected two [3, *spatial] masks of one shape, got {tuple(pred.shape)} and {tuple(gt.shape)}"
+        )
     dice = compute_dice(pred[None], gt[None], include_background=True, ignore_empty=False)[0].numpy()
     pred_any, gt_any = pred.flatten(1).any(1).numpy(), gt.flatten(1).any(1).numpy()
     hd95 = np.where(pred_any | gt_any, HD95_EMPTY_PENALTY_MM, 0.0)
@@ -53,8 +57,13 @@ def region_scores(pred_masks: np.ndarray | torch.Tensor, gt_masks: np.ndarray | 
     if both.size:
         with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument its own code passes
             warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
-            distances = compute_hausdorff_distance(pred[None, both], gt[None, both], include_background=True,
-                                                   percentile=95, spacing=[float(s) for s in spacing])
+            distances = compute_hausdorff_distance(
+                pred[None, both],
+                gt[None, both],
+                include_background=True,
+                percentile=95,
+                spacing=[float(s) for s in spacing],
+            )
         hd95[both] = distances[0].numpy()
     scores = {}
     for index, region in enumerate(REGIONS):
@@ -63,9 +72,13 @@ def region_scores(pred_masks: np.ndarray | torch.Tensor, gt_masks: np.ndarray | 
     return {key: scores[key] for key in SCORE_KEYS}  # WT, TC, ET order for tables and CSVs
 
 
-def case_scores(pred_labels: np.ndarray, gt_labels: np.ndarray, convention: str = "brats2021",
-                spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                pred_convention: str | None = None) -> dict[str, float]:
+def case_scores(
+    pred_labels: np.ndarray,
+    gt_labels: np.ndarray,
+    convention: str = "brats2021",
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    pred_convention: str | None = None,
+) -> dict[str, float]:
     """``region_scores`` of two label maps; ``pred_convention`` (default ``convention``) reads the prediction.
 
     Label values outside a convention are simply outside every region; callers that need to
@@ -90,7 +103,6 @@ def batch_mean_dice(logits: torch.Tensor, target: torch.Tensor, threshold: float
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have one shape")
     pred = torch.sigmoid(logits.float()) > threshold
     return compute_dice(pred, target.bool(), include_background=True, ignore_empty=False).mean()
-
 
 
 @torch.no_grad()

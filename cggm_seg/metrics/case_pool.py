@@ -70,8 +70,9 @@ def map_cases(function: Callable[..., dict], jobs: Sequence[tuple], workers: int
             try:
                 rows.append(future.result())
             except BrokenProcessPool:
-                raise UserError(f"case {job[0]}: a scoring process died (out of memory?); try fewer "
-                                "--workers") from None
+                raise UserError(
+                    f"case {job[0]}: a scoring process died (out of memory?); try fewer --workers"
+                ) from None
         return rows
     finally:
         executor.shutdown(wait=True, cancel_futures=True)

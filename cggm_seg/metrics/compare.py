@@ -28,8 +28,14 @@ TABLE_NAMES = ("eval/scores.csv", "scores.csv", "brats_scores.csv", "predictions
 #: metrics (by prefix) where lower is better: distances and lesion false positives/negatives
 LOWER_IS_BETTER = ("hd95", "lesion_hd95", "fp", "fn")
 #: the summary keys that must agree for two tables to be comparable (the rules they were scored by)
-RULE_KEYS = ("scheme", "challenge", "dilation_factor", "lesion_volume_thresh", "nsd_tolerance_mm",
-             "label_convention")
+RULE_KEYS = (
+    "scheme",
+    "challenge",
+    "dilation_factor",
+    "lesion_volume_thresh",
+    "nsd_tolerance_mm",
+    "label_convention",
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,10 @@ def find_table(run: Path) -> Path:
     for name in TABLE_NAMES:
         if (run / name).is_file():
             return run / name
-    raise UserError(f"compare: {run} is neither a per-case CSV nor a run folder holding one of "
-                    f"{', '.join(TABLE_NAMES)} (score it with `cggm-seg evaluate` or evaluate.json)")
+    raise UserError(
+        f"compare: {run} is neither a per-case CSV nor a run folder holding one of "
+        f"{', '.join(TABLE_NAMES)} (score it with `cggm-seg evaluate` or evaluate.json)"
+    )
 
 
 def _summary_of(table: Path) -> dict:
@@ -127,16 +135,26 @@ def check_comparable(tables: Sequence[ScoreTable]) -> list[str]:
         only_first = sorted(first.scores.keys() - table.scores.keys())
         only_here = sorted(table.scores.keys() - first.scores.keys())
         if only_first or only_here:
-            listed = "; ".join(part for part in (
-                f"only in {first.source}: {', '.join(only_first[:5])}" if only_first else "",
-                f"only in {table.source}: {', '.join(only_here[:5])}" if only_here else "") if part)
+            listed = "; ".join(
+                part
+                for part in (
+                    f"only in {first.source}: {', '.join(only_first[:5])}" if only_first else "",
+                    f"only in {table.source}: {', '.join(only_here[:5])}" if only_here else "",
+                )
+                if part
+            )
             raise UserError(f"compare: the runs were scored on different cases ({listed})")
         for key in sorted(first.rules.keys() | table.rules.keys()):
             if first.rules.get(key) != table.rules.get(key):
-                raise UserError(f"compare: {first.source} was scored with {key}={first.rules.get(key)!r}, "
-                                f"{table.source} with {key}={table.rules.get(key)!r}")
-    metrics = [m for m in next(iter(first.scores.values())) if all(
-        m in scores for table in tables for scores in table.scores.values())]
+                raise UserError(
+                    f"compare: {first.source} was scored with {key}={first.rules.get(key)!r}, "
+                    f"{table.source} with {key}={table.rules.get(key)!r}"
+                )
+    metrics = [
+        m
+        for m in next(iter(first.scores.values()))
+        if all(m in scores for table in tables for scores in table.scores.values())
+    ]
     if not metrics:
         raise UserError("compare: the tables share no score column")
     return metrics
@@ -151,8 +169,15 @@ def seed_matrix(tables: Sequence[ScoreTable], cases: Sequence[str], metric: str)
     return values
 
 
-def compare_metric(reference: np.ndarray, candidate: np.ndarray, metric: str, names: tuple[str, str],
-                   resamples: int = 10000, confidence: float = 0.95, seed: int = 0) -> Comparison:
+def compare_metric(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    metric: str,
+    names: tuple[str, str],
+    resamples: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Comparison:
     """``candidate - reference`` on ``[case, seed]`` score matrices of the same cases.
 
     The point estimate and the Wilcoxon test use each case's mean over seeds. The interval resamples
@@ -174,9 +199,19 @@ def compare_metric(reference: np.ndarray, candidate: np.ndarray, metric: str, na
     better = -differences if lower_is_better(metric) else differences
     nonzero = differences[differences != 0]
     p_value = float(wilcoxon(nonzero).pvalue) if nonzero.size else 1.0
-    return Comparison(metric, names[0], names[1], n, float(differences.mean()), low, high,
-                      p_value if math.isfinite(p_value) else 1.0, int((better > 0).sum()),
-                      int((better == 0).sum()), int((better < 0).sum()))
+    return Comparison(
+        metric,
+        names[0],
+        names[1],
+        n,
+        float(differences.mean()),
+        low,
+        high,
+        p_value if math.isfinite(p_value) else 1.0,
+        int((better > 0).sum()),
+        int((better == 0).sum()),
+        int((better < 0).sum()),
+    )
 
 
 def read_methods(methods: dict[str, list[Path]]) -> dict[str, list[ScoreTable]]:
@@ -186,8 +221,9 @@ def read_methods(methods: dict[str, list[Path]]) -> dict[str, list[ScoreTable]]:
     return tables
 
 
-def compare_methods(tables: dict[str, list[ScoreTable]], resamples: int = 10000,
-                    seed: int = 0) -> list[Comparison]:
+def compare_methods(
+    tables: dict[str, list[ScoreTable]], resamples: int = 10000, seed: int = 0
+) -> list[Comparison]:
     """Every method against the first one, per metric, on the cases all runs were scored on."""
     every = [table for runs in tables.values() for table in runs]
     metrics, cases = check_comparable(every), sorted(every[0].scores)

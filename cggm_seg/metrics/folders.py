@@ -40,18 +40,23 @@ def check_label_values(labels: np.ndarray, convention: LabelConvention, where: s
     if values.dtype.kind == "f":
         fractional = values[~(np.isfinite(values) & (np.round(values) == values))]
         if fractional.size:
-            raise UserError(f"{where} has non-integer label values {_listed(fractional)}; expected a label "
-                            f"map of {convention.name} labels {list(convention.labels)} (threshold or argmax "
-                            "probabilities, resample with nearest neighbour)")
+            raise UserError(
+                f"{where} has non-integer label values {_listed(fractional)}; expected a label "
+                f"map of {convention.name} labels {list(convention.labels)} (threshold or argmax "
+                "probabilities, resample with nearest neighbour)"
+            )
     bad = values[~np.isin(values, convention.labels)]
     if bad.size:
-        raise UserError(f"{where} has label values {_listed(bad)} outside the {convention.name} set "
-                        f"{list(convention.labels)}; is --convention right?")
+        raise UserError(
+            f"{where} has label values {_listed(bad)} outside the {convention.name} set "
+            f"{list(convention.labels)}; is --convention right?"
+        )
 
 
 def _nifti_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.name.endswith(NIFTI) and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI) and not p.name.startswith(".")
+    )
 
 
 def _require_dir(folder: Path, option: str) -> None:
@@ -79,9 +84,11 @@ def find_ground_truth(gt_dir: Path) -> dict[str, Path]:
             raise UserError(f"case {case_id} has two ground-truth files: {found[case_id]} and {path}")
         found[case_id] = path
     if not found:
-        raise UserError(f"no ground-truth label files in {gt_dir}: expected <case>/<case>_seg{NIFTI} "
-                        f"(BraTS 2021), <case>/<case>-seg{NIFTI} (BraTS 2023), labelsTr/<case>{NIFTI} (MSD) "
-                        f"or <case>{NIFTI} / <case>_seg{NIFTI} files")
+        raise UserError(
+            f"no ground-truth label files in {gt_dir}: expected <case>/<case>_seg{NIFTI} "
+            f"(BraTS 2021), <case>/<case>-seg{NIFTI} (BraTS 2023), labelsTr/<case>{NIFTI} (MSD) "
+            f"or <case>{NIFTI} / <case>_seg{NIFTI} files"
+        )
     return found
 
 
@@ -124,21 +131,32 @@ def load_label_map(path: Path, case_id: str, what: str) -> tuple[np.ndarray, np.
     return data, image.affine, [float(z) for z in image.header.get_zooms()[:3]]
 
 
-def checked_pair(case_id: str, pred_path: Path, gt_path: Path, gt: np.ndarray, gt_affine: np.ndarray,
-                 gt_convention: LabelConvention, pred_convention: LabelConvention) -> np.ndarray:
+def checked_pair(
+    case_id: str,
+    pred_path: Path,
+    gt_path: Path,
+    gt: np.ndarray,
+    gt_affine: np.ndarray,
+    gt_convention: LabelConvention,
+    pred_convention: LabelConvention,
+) -> np.ndarray:
     """The prediction's labels once both maps are known to share a grid and hold their conventions' labels.
 
     The checks run in the order of earlier releases, so a case with several problems reports the same one.
     """
     pred, pred_affine, _ = load_label_map(pred_path, case_id, "prediction")
     if pred.shape != gt.shape:
-        raise UserError(f"case {case_id}: prediction {pred_path.name} has shape {pred.shape} but the ground "
-                        f"truth {gt_path.name} has {gt.shape}")
+        raise UserError(
+            f"case {case_id}: prediction {pred_path.name} has shape {pred.shape} but the ground "
+            f"truth {gt_path.name} has {gt.shape}"
+        )
     affine_gap = float(np.abs(pred_affine - gt_affine).max())
     if affine_gap > AFFINE_ATOL_MM:
-        raise UserError(f"case {case_id}: prediction {pred_path.name} has an affine that differs from the "
-                        f"ground truth's by {affine_gap:.4g} (tolerance {AFFINE_ATOL_MM}); write it in the "
-                        "ground truth's geometry")
+        raise UserError(
+            f"case {case_id}: prediction {pred_path.name} has an affine that differs from the "
+            f"ground truth's by {affine_gap:.4g} (tolerance {AFFINE_ATOL_MM}); write it in the "
+            "ground truth's geometry"
+        )
     check_label_values(gt, gt_convention, f"case {case_id}: ground truth {gt_path.name}")
     check_label_values(pred, pred_convention, f"case {case_id}: prediction {pred_path.name}")
     return pred

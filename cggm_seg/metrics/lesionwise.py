@@ -149,7 +149,7 @@ def _neighbour_codes(mask: np.ndarray) -> np.ndarray:
         for b in (0, 1):
             for c in (0, 1):
                 weight = np.uint8(128 >> (4 * a + 2 * b + c))
-                np.bitwise_or(codes, weight, out=codes, where=padded[a:a + n0, b:b + n1, c:c + n2])
+                np.bitwise_or(codes, weight, out=codes, where=padded[a : a + n0, b : b + n1, c : c + n2])
     return codes
 
 
@@ -221,9 +221,12 @@ def _as_spacing(spacing: Sequence[float] | float) -> tuple[float, float, float]:
 # ----------------------------------------------------------------------------- scores
 
 
-def lesionwise_region_scores(pred_mask: np.ndarray, gt_mask: np.ndarray,
-                             spacing: Sequence[float] | float = (1.0, 1.0, 1.0),
-                             settings: LesionwiseSettings = GLI) -> dict[str, float]:
+def lesionwise_region_scores(
+    pred_mask: np.ndarray,
+    gt_mask: np.ndarray,
+    spacing: Sequence[float] | float = (1.0, 1.0, 1.0),
+    settings: LesionwiseSettings = GLI,
+) -> dict[str, float]:
     """Lesion-wise and whole-region scores of one boolean 3-D region mask pair.
 
     Keys: ``lesion_dice``, ``lesion_hd95`` (the official ranking scores), ``tp``, ``fp``, ``fn``
@@ -237,8 +240,16 @@ def lesionwise_region_scores(pred_mask: np.ndarray, gt_mask: np.ndarray,
     penalty = float(settings.hd95_penalty_mm)
     box = _bbox(gt | pred, margin=int(settings.dilation_factor))
     if box is None:
-        return {"lesion_dice": 1.0, "lesion_hd95": 0.0, "tp": 0, "fp": 0, "fn": 0,
-                "dice": 1.0, "hd95": 0.0, "nsd": 1.0}
+        return {
+            "lesion_dice": 1.0,
+            "lesion_hd95": 0.0,
+            "tp": 0,
+            "fp": 0,
+            "fn": 0,
+            "dice": 1.0,
+            "hd95": 0.0,
+            "nsd": 1.0,
+        }
     gt, pred = gt[box], pred[box]
 
     # whole-region scores
@@ -308,10 +319,14 @@ def _label_volume(labels: np.ndarray | object) -> np.ndarray:
     return array
 
 
-def lesionwise_case_scores(pred_labels: np.ndarray, gt_labels: np.ndarray, convention: str = "brats2021",
-                           spacing: Sequence[float] | float = (1.0, 1.0, 1.0),
-                           settings: LesionwiseSettings = GLI,
-                           pred_convention: str | None = None) -> dict[str, float]:
+def lesionwise_case_scores(
+    pred_labels: np.ndarray,
+    gt_labels: np.ndarray,
+    convention: str = "brats2021",
+    spacing: Sequence[float] | float = (1.0, 1.0, 1.0),
+    settings: LesionwiseSettings = GLI,
+    pred_convention: str | None = None,
+) -> dict[str, float]:
     """Lesion-wise scores of one case from two label maps, as flat ``{metric}_{region}`` keys.
 
     Regions come from the label convention (``cggm_seg.brats_labels``); ``pred_convention`` is the
@@ -326,9 +341,12 @@ def lesionwise_case_scores(pred_labels: np.ndarray, gt_labels: np.ndarray, conve
     return lesionwise_mask_scores(pred_masks, gt_masks, spacing, settings)
 
 
-def lesionwise_mask_scores(pred_masks: np.ndarray, gt_masks: np.ndarray,
-                           spacing: Sequence[float] | float = (1.0, 1.0, 1.0),
-                           settings: LesionwiseSettings = GLI) -> dict[str, float]:
+def lesionwise_mask_scores(
+    pred_masks: np.ndarray,
+    gt_masks: np.ndarray,
+    spacing: Sequence[float] | float = (1.0, 1.0, 1.0),
+    settings: LesionwiseSettings = GLI,
+) -> dict[str, float]:
     """``lesionwise_case_scores`` of boolean (TC, WT, ET) masks [3, *spatial], as a network's
     post-processing produces them (``BratsScoreHandler``), so no label map is needed."""
     scores: dict[str, float] = {}

@@ -50,9 +50,13 @@ class PredictionWriter:
             the ``pred`` and ``label`` of a MONAI evaluator's output.
     """
 
-    def __init__(self, filename: str | Path, class_names: Sequence[str] | None = None,
-                 overwrite: bool = False,
-                 output_transform: Callable[[Any], tuple[Any, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        filename: str | Path,
+        class_names: Sequence[str] | None = None,
+        overwrite: bool = False,
+        output_transform: Callable[[Any], tuple[Any, Any]] | None = None,
+    ) -> None:
         self.filename = Path(filename)
         self.class_names = None if class_names is None else [str(name) for name in class_names]
         self.overwrite = overwrite

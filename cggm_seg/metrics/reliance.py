@@ -40,8 +40,13 @@ class Reliance:
         return {"full": self.full, "without": dict(self.without), "drop": self.drop}
 
 
-def modality_reliance(network: nn.Module, encoders: Sequence[str], modality_names: Sequence[str],
-                      evaluate: Callable[[], float], fill: str = "zero") -> Reliance:
+def modality_reliance(
+    network: nn.Module,
+    encoders: Sequence[str],
+    modality_names: Sequence[str],
+    evaluate: Callable[[], float],
+    fill: str = "zero",
+) -> Reliance:
     """Evaluate ``network`` intact and with each modality blanked in turn.
 
     Args:
@@ -72,9 +77,14 @@ def evaluator_metric(evaluator: Engine, key: str) -> Callable[[], float]:
 
 
 @torch.no_grad()
-def head_scores(network: nn.Module, heads: Sequence[nn.Module], encoders: Sequence[str],
-                modality_names: Sequence[str], batches: Iterable[tuple[Any, torch.Tensor]],
-                metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, float]:
+def head_scores(
+    network: nn.Module,
+    heads: Sequence[nn.Module],
+    encoders: Sequence[str],
+    modality_names: Sequence[str],
+    batches: Iterable[tuple[Any, torch.Tensor]],
+    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> dict[str, float]:
     """Each head's ``metric`` on held-out ``(inputs, target)`` batches, averaged over samples.
 
     The network runs in eval mode on whole inputs (no sliding window), the encoder outputs are
@@ -89,8 +99,9 @@ def head_scores(network: nn.Module, heads: Sequence[nn.Module], encoders: Sequen
 
         return hook
 
-    handles = [submodule(root, name, "encoders").register_forward_hook(capture(i))
-               for i, name in enumerate(encoders)]
+    handles = [
+        submodule(root, name, "encoders").register_forward_hook(capture(i)) for i, name in enumerate(encoders)
+    ]
     modes = [m.training for m in (network, *heads)]
     network.eval()
     for head in heads:

@@ -46,9 +46,16 @@ class BratsScoreHandler:
     ``overwrite``; under torch.distributed every rank scores its own cases and rank 0 writes them all.
     """
 
-    def __init__(self, output_dir: str, convention: str = "brats2021",
-                 case_id_fn: Callable[[str], str] | None = None, overwrite: bool = False,
-                 scheme: str = "brats2021", challenge: str = "GLI", nsd_tolerance_mm: float = 1.0) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        convention: str = "brats2021",
+        case_id_fn: Callable[[str], str] | None = None,
+        overwrite: bool = False,
+        scheme: str = "brats2021",
+        challenge: str = "GLI",
+        nsd_tolerance_mm: float = 1.0,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.convention = get_convention(convention)
         self.case_id_fn = case_id_fn or case_id_from_filename
@@ -83,8 +90,11 @@ class BratsScoreHandler:
 
     def score_item(self, item: dict) -> dict:
         """``{"case_id", <the scheme's metrics>}`` of one decollated evaluator output."""
-        named = [item[k] for k in (CommonKeys.PRED, CommonKeys.LABEL, CommonKeys.IMAGE)
-                 if isinstance(item.get(k), MetaTensor) and item[k].meta.get(ImageMetaKey.FILENAME_OR_OBJ)]
+        named = [
+            item[k]
+            for k in (CommonKeys.PRED, CommonKeys.LABEL, CommonKeys.IMAGE)
+            if isinstance(item.get(k), MetaTensor) and item[k].meta.get(ImageMetaKey.FILENAME_OR_OBJ)
+        ]
         source = named[0] if named else None
         if source is None:
             prefix = f"rank{idist.get_rank()}_" if idist.get_world_size() > 1 else ""
@@ -105,14 +115,17 @@ class BratsScoreHandler:
         array = convert_to_numpy(tensor)
         if array.shape[0] == len(REGIONS):
             if not np.isin(array, (0, 1)).all():
-                raise UserError(f"{where} is not binary; end the postprocessing with "
-                                "AsDiscreted(threshold=0.5)")
+                raise UserError(
+                    f"{where} is not binary; end the postprocessing with AsDiscreted(threshold=0.5)"
+                )
             return array.astype(bool)
         if array.shape[0] == 1:
             check_label_values(array[0], self.convention, where)
             return self.convention.region_masks(array[0])
-        raise UserError(f"{where} has {array.shape[0]} channels; expected 3 region masks (TC, WT, ET) "
-                        f"or 1 {self.convention.name} label map")
+        raise UserError(
+            f"{where} has {array.shape[0]} channels; expected 3 region masks (TC, WT, ET) "
+            f"or 1 {self.convention.name} label map"
+        )
 
     def _completed(self, engine: Engine) -> None:
         rows = [row for part in idist.all_gather(self.rows) for row in part]
@@ -121,7 +134,9 @@ class BratsScoreHandler:
         if not rows:
             logger.warning("no cases were scored; %s not written", self.csv_path)
             return
-        summary = write_scores(rows, self.csv_path, self.summary_path, force=self.overwrite,
-                               scheme=self.scheme)
-        logger.info("BraTS scores of %d cases written to %s\n%s", len(rows), self.csv_path,
-                    format_summary(summary))
+        summary = write_scores(
+            rows, self.csv_path, self.summary_path, force=self.overwrite, scheme=self.scheme
+        )
+        logger.info(
+            "BraTS scores of %d cases written to %s\n%s", len(rows), self.csv_path, format_summary(summary)
+        )

@@ -55,8 +55,9 @@ CHALLENGES = tuple(name.removeprefix("BraTS-") for name in CHALLENGE_SETTINGS)  
 # brats2023 columns: each metric per region (WT, TC, ET), the Dice-like ones and lesion HD95 also averaged.
 _AVERAGED = ("lesion_dice", "lesion_hd95", "dice")
 _SUFFIXES = tuple(r.lower() for r in CASE_REGIONS)
-LESIONWISE_METRICS = tuple(f"{m}_{r}" for m in REGION_METRICS
-                           for r in (*_SUFFIXES, *(("mean",) if m in _AVERAGED else ())))
+LESIONWISE_METRICS = tuple(
+    f"{m}_{r}" for m in REGION_METRICS for r in (*_SUFFIXES, *(("mean",) if m in _AVERAGED else ()))
+)
 # brats2023 rows of cases without a prediction carry 1 here (0 otherwise); a flag, not a score.
 MISSING_KEY = "pred_missing"
 
@@ -107,10 +108,14 @@ class Scheme:
         if not self.lesionwise:
             return {}
         settings = self.settings
-        return {"scheme": self.name, "challenge": self.challenge,
-                "dilation_factor": settings.dilation_factor,
-                "lesion_volume_thresh_mm3": settings.lesion_volume_thresh,
-                "hd95_penalty_mm": settings.hd95_penalty_mm, "nsd_tolerance_mm": settings.nsd_tolerance_mm}
+        return {
+            "scheme": self.name,
+            "challenge": self.challenge,
+            "dilation_factor": settings.dilation_factor,
+            "lesion_volume_thresh_mm3": settings.lesion_volume_thresh,
+            "hd95_penalty_mm": settings.hd95_penalty_mm,
+            "nsd_tolerance_mm": settings.nsd_tolerance_mm,
+        }
 
 
 def as_scheme(scheme: Scheme | str) -> Scheme:
@@ -124,8 +129,14 @@ def default_scheme(convention: str) -> str:
     return "brats2023" if convention == "brats2023" else "brats2021"
 
 
-def _score_case(case_id: str, pred_path: Path | None, gt_path: Path, gt_convention: LabelConvention,
-                pred_convention: LabelConvention, scheme: Scheme = Scheme()) -> dict[str, float]:
+def _score_case(
+    case_id: str,
+    pred_path: Path | None,
+    gt_path: Path,
+    gt_convention: LabelConvention,
+    pred_convention: LabelConvention,
+    scheme: Scheme = Scheme(),
+) -> dict[str, float]:
     """One case's row: checked, then scored by ``scheme``; ``pred_path`` None scores an empty prediction."""
     gt, gt_affine, spacing = load_label_map(gt_path, case_id, "ground truth")
     if pred_path is None:
@@ -137,8 +148,9 @@ def _score_case(case_id: str, pred_path: Path | None, gt_path: Path, gt_conventi
     if not scheme.lesionwise:
         scores = case_scores(pred, gt, gt_convention.name, spacing, pred_convention.name)
         return {"case_id": case_id, **scores}
-    scores = lesionwise_case_scores(pred, gt, gt_convention.name, spacing, scheme.settings,
-                                    pred_convention.name)
+    scores = lesionwise_case_scores(
+        pred, gt, gt_convention.name, spacing, scheme.settings, pred_convention.name
+    )
     return {"case_id": case_id, **lesionwise_columns(scores, missing=pred_path is None)}
 
 
@@ -176,9 +188,15 @@ def crop_margin(scheme: Scheme) -> int:
     return 1 + (scheme.settings.dilation_factor if scheme.lesionwise else 0)
 
 
-def score_folders(pred_dir: Path, gt_dir: Path, convention: str = "brats2021",
-                  pred_convention: str | None = None, scheme: Scheme | str = "brats2021",
-                  workers: int = 1, cases: Collection[str] | None = None) -> list[dict]:
+def score_folders(
+    pred_dir: Path,
+    gt_dir: Path,
+    convention: str = "brats2021",
+    pred_convention: str | None = None,
+    scheme: Scheme | str = "brats2021",
+    workers: int = 1,
+    cases: Collection[str] | None = None,
+) -> list[dict]:
     """Per-case rows ``{"case_id", <scheme.metrics>...}`` for every ground-truth case (or only
     ``cases``, e.g. one fold's), sorted by id.
 
@@ -200,15 +218,23 @@ def score_folders(pred_dir: Path, gt_dir: Path, convention: str = "brats2021",
     extra = sorted(pred_files.keys() - gt_files.keys())
     missing = sorted(gt_files.keys() - pred_files.keys())
     if missing and not scheme.lesionwise:
-        raise UserError(f"no prediction in {pred_dir} for {len(missing)} ground-truth case(s): "
-                        f"{', '.join(missing)}")
+        raise UserError(
+            f"no prediction in {pred_dir} for {len(missing)} ground-truth case(s): {', '.join(missing)}"
+        )
     if extra:
         raise UserError(f"prediction(s) without ground truth in {gt_dir}: {', '.join(extra)}")
     if missing:
-        logger.warning("no prediction in %s for %d ground-truth case(s), scored as empty predictions "
-                       "(every lesion a false negative): %s", pred_dir, len(missing), ", ".join(missing))
-    jobs = [(case_id, pred_files.get(case_id), gt_files[case_id], gt_conv, pred_conv, scheme)
-            for case_id in sorted(gt_files)]
+        logger.warning(
+            "no prediction in %s for %d ground-truth case(s), scored as empty predictions "
+            "(every lesion a false negative): %s",
+            pred_dir,
+            len(missing),
+            ", ".join(missing),
+        )
+    jobs = [
+        (case_id, pred_files.get(case_id), gt_files[case_id], gt_conv, pred_conv, scheme)
+        for case_id in sorted(gt_files)
+    ]
     rows = map_cases(_score_case, jobs, workers)
     for row in rows:
         logger.debug("%s", row)

@@ -21,8 +21,11 @@ _COUNTS = ("tp", "fp", "fn")
 
 def _with_means(row: dict) -> dict:
     """The row plus the per-case means over the three regions (what the paper reports as mean Dice)."""
-    return {**row, "dice_mean": float(np.mean([row[k] for k in DICE_KEYS])),
-            "hd95_mean": float(np.mean([row[k] for k in HD95_KEYS]))}
+    return {
+        **row,
+        "dice_mean": float(np.mean([row[k] for k in DICE_KEYS])),
+        "hd95_mean": float(np.mean([row[k] for k in HD95_KEYS])),
+    }
 
 
 def _table_rows(rows: Sequence[dict], scheme: Scheme) -> list[dict]:
@@ -68,8 +71,10 @@ def format_summary(summary: dict) -> str:
     width = max(10, *(len(m) + 1 for m in scheme.metrics))
     lines = [f"{'metric':<{width}}" + "".join(f"{c.strip('_') or 'mean':>10}" for c in columns)]
     for m in scheme.metrics:
-        lines.append(f"{m:<{width}}" + "".join(f"{summary[m + c]:>10.{_digits(m)}f}" for c in columns
-                                               if m + c in summary))
+        lines.append(
+            f"{m:<{width}}"
+            + "".join(f"{summary[m + c]:>10.{_digits(m)}f}" for c in columns if m + c in summary)
+        )
     if summary.get("missing_cases"):
         lines.append(f"no prediction (scored empty): {', '.join(summary['missing_cases'])}")
     lines.append(f"n cases: {summary['n_cases']}")
@@ -93,13 +98,20 @@ def _csv_text(rows: Sequence[dict], scheme: Scheme) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["case_id", *columns])
     for row in _table_rows(rows, scheme):
-        writer.writerow([row["case_id"], *(f"{int(row[c])}" if c in integers else f"{row[c]:.6f}"
-                                           for c in columns)])
+        writer.writerow(
+            [row["case_id"], *(f"{int(row[c])}" if c in integers else f"{row[c]:.6f}" for c in columns)]
+        )
     return buffer.getvalue()
 
 
-def write_scores(rows: Sequence[dict], csv_path: Path, summary_path: Path, force: bool = False,
-                 scheme: Scheme | str = "brats2021", plots: bool = True) -> dict:
+def write_scores(
+    rows: Sequence[dict],
+    csv_path: Path,
+    summary_path: Path,
+    force: bool = False,
+    scheme: Scheme | str = "brats2021",
+    plots: bool = True,
+) -> dict:
     """Write the per-case CSV, the summary JSON and (``plots``) one box plot per metric next to the
     CSV (``output_paths``); returns the summary. Nothing is written if any output exists already,
     unless ``force``."""
@@ -114,6 +126,11 @@ def write_scores(rows: Sequence[dict], csv_path: Path, summary_path: Path, force
         from cggm_seg.plots import box_plots  # matplotlib only when plotting, as before the plots moved
 
         stem = Path(csv_path).name.removesuffix(".csv")
-        box_plots(_table_rows(rows, scheme), scheme.plot_metrics, Path(csv_path).parent, prefix=f"{stem}_",
-                  regions=CASE_REGIONS)
+        box_plots(
+            _table_rows(rows, scheme),
+            scheme.plot_metrics,
+            Path(csv_path).parent,
+            prefix=f"{stem}_",
+            regions=CASE_REGIONS,
+        )
     return summary

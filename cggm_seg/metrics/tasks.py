@@ -43,6 +43,7 @@ def weighted_f1(pred_labels: torch.Tensor, true_labels: torch.Tensor) -> float:
 
 # ---- CMU-MOSI (regression in [-3, 3]) ----
 
+
 def _non_zero(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     pred, target = _values(pred), _values(target)
     keep = target != 0
@@ -82,11 +83,17 @@ def pearson(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 def mosi_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """The paper's CMU-MOSI scores: Acc-2, Acc-7, weighted F1 of the sign, MAE, correlation."""
-    return {"acc2": acc2(pred, target), "acc7": acc7(pred, target), "f1_weighted": sign_f1(pred, target),
-            "mae": mae(pred, target), "corr": pearson(pred, target)}
+    return {
+        "acc2": acc2(pred, target),
+        "acc7": acc7(pred, target),
+        "f1_weighted": sign_f1(pred, target),
+        "mae": mae(pred, target),
+        "corr": pearson(pred, target),
+    }
 
 
 # ---- IEMOCAP and UPMC-Food-101 (classification) ----
+
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
     """Top-1 accuracy of logits ``[N, C]`` against class indices ``[N]``."""
@@ -104,6 +111,7 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[s
 
 
 # ---- utilisation metrics eps_i for CGGM (0-d tensors, higher is better) ----
+
 
 def sign_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Share of samples whose predicted sentiment is positive exactly when the label is (> 0).

@@ -41,9 +41,22 @@ from cggm_seg.modulation.unimodal import UnimodalHandler, keep_only_modality
 from cggm_seg.preflight import flag
 
 __all__ = [
-    "CONFIG_NAMES", "METHODS", "SCALAR_PREFIX", "WIRING", "CGGMHandler", "ClipGradNorm",
-    "GradientModulationHandler", "HeadMonitor", "MSLRHandler", "ModalityHeadsHandler", "OGMGEHandler",
-    "UnimodalHandler", "block_flags", "build_modulation", "keep_only_modality", "method_settings",
+    "CONFIG_NAMES",
+    "METHODS",
+    "SCALAR_PREFIX",
+    "WIRING",
+    "CGGMHandler",
+    "ClipGradNorm",
+    "GradientModulationHandler",
+    "HeadMonitor",
+    "MSLRHandler",
+    "ModalityHeadsHandler",
+    "OGMGEHandler",
+    "UnimodalHandler",
+    "block_flags",
+    "build_modulation",
+    "keep_only_modality",
+    "method_settings",
     "modulation_scalars",
 ]
 
@@ -57,8 +70,20 @@ METHODS: dict[str, type | None] = {
 }
 
 #: handler arguments that come from the network and the task, not from a method's block of settings
-WIRING = frozenset({"encoders", "fusion_layer", "heads", "head_optimizer", "head_output_layer", "head_loss",
-                    "metric", "soft_metric", "modality_names", "noise_seed"})
+WIRING = frozenset(
+    {
+        "encoders",
+        "fusion_layer",
+        "heads",
+        "head_optimizer",
+        "head_output_layer",
+        "head_loss",
+        "metric",
+        "soft_metric",
+        "modality_names",
+        "noise_seed",
+    }
+)
 #: a setting whose config name is not its argument's name (``lambda`` is a Python keyword)
 CONFIG_NAMES = {"lam": "lambda"}
 
@@ -88,8 +113,9 @@ def _arguments(method: str, block: Any) -> dict[str, Any]:
     arguments = {}
     for name, value in block.items():
         if name not in takes:
-            raise UserError(f"{method}#{name}: not a setting of {method} "
-                            f"(it takes {', '.join(sorted(takes))})")
+            raise UserError(
+                f"{method}#{name}: not a setting of {method} (it takes {', '.join(sorted(takes))})"
+            )
         arguments[takes[name].name] = flag(value, f"{method}#{name}") if _is_boolean(takes[name]) else value
     return arguments
 
@@ -100,12 +126,16 @@ def block_flags(method: str, block: Mapping[str, Any]) -> dict[str, bool]:
     writes anything, so a mistake in the block is found then (a config expression cannot name the id
     itself: MONAI rewrites every ``#`` in it)."""
     arguments = _arguments(method, block)
-    return {name: arguments[p.name] for name, p in method_settings(method).items()
-            if _is_boolean(p) and p.name in arguments}
+    return {
+        name: arguments[p.name]
+        for name, p in method_settings(method).items()
+        if _is_boolean(p) and p.name in arguments
+    }
 
 
-def build_modulation(method: str, settings: Mapping[str, Mapping[str, Any]] | None = None,
-                     **wiring: Any) -> Any:
+def build_modulation(
+    method: str, settings: Mapping[str, Mapping[str, Any]] | None = None, **wiring: Any
+) -> Any:
     """The handler for ``method``, or ``None`` for joint training (``"none"``).
 
     ``settings`` maps methods to their blocks of settings by config name (``{"cggm": {"lambda": 0.1}}``).
@@ -119,13 +149,16 @@ def build_modulation(method: str, settings: Mapping[str, Mapping[str, Any]] | No
     arguments = {}
     for name, block in (settings or {}).items():
         if name not in configurable:
-            raise UserError(f"modulation_handler#settings#{name}: not a method with settings "
-                            f"({', '.join(configurable)})")
+            raise UserError(
+                f"modulation_handler#settings#{name}: not a method with settings ({', '.join(configurable)})"
+            )
         arguments[name] = _arguments(name, block)
     unknown = sorted(set(wiring) - WIRING)
     if unknown:
-        raise UserError(f"modulation_handler#{unknown[0]}: not one of the network's and task's arguments "
-                        f"({', '.join(sorted(WIRING))}); a method's settings go in its own block")
+        raise UserError(
+            f"modulation_handler#{unknown[0]}: not one of the network's and task's arguments "
+            f"({', '.join(sorted(WIRING))}); a method's settings go in its own block"
+        )
     handler = METHODS[method]
     if handler is None:
         return None
@@ -134,8 +167,11 @@ def build_modulation(method: str, settings: Mapping[str, Mapping[str, Any]] | No
     given.update(arguments.get(method, {}))
     missing = [name for name, p in parameters.items() if p.default is p.empty and name not in given]
     if missing:
-        config_id = (f"modulation_handler#{missing[0]}" if missing[0] in WIRING
-                     else f"{method}#{_config_name(missing[0])}")
+        config_id = (
+            f"modulation_handler#{missing[0]}"
+            if missing[0] in WIRING
+            else f"{method}#{_config_name(missing[0])}"
+        )
         raise UserError(f"{config_id}: missing; {method} needs it")
     try:
         return handler(**given)

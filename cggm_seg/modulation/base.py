@@ -83,8 +83,11 @@ class UpdateScaler:
 
     @torch.no_grad()
     def snapshot(self, groups: Sequence[tuple[Sequence[nn.Parameter], float]]) -> None:
-        self._pending = [(list(params), [p.detach().clone() for p in params], float(scale))
-                         for params, scale in groups if params]
+        self._pending = [
+            (list(params), [p.detach().clone() for p in params], float(scale))
+            for params, scale in groups
+            if params
+        ]
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -147,11 +150,14 @@ class ModalityHeadsHandler(NetworkHandler):
         self.encoder_names = list(encoders)
         num = len(self.encoder_names)
         if num < 2:
-            raise UserError(f"encoders: {self.method} needs at least 2 modality encoders, "
-                            f"got {self.encoder_names}")
+            raise UserError(
+                f"encoders: {self.method} needs at least 2 modality encoders, got {self.encoder_names}"
+            )
         if len(heads) != num:
-            raise UserError(f"heads: {len(heads)} heads for {num} encoders {self.encoder_names}; "
-                            "expected one head per modality")
+            raise UserError(
+                f"heads: {len(heads)} heads for {num} encoders {self.encoder_names}; "
+                "expected one head per modality"
+            )
         if warmup_iterations < 0:
             raise UserError(f"warmup_iterations: expected >= 0, got {warmup_iterations}")
         self.heads = heads
@@ -174,23 +180,28 @@ class ModalityHeadsHandler(NetworkHandler):
         if self._device is not None:
             return
         if getattr(engine, "accumulation_steps", 1) > 1:
-            raise UserError(f"accumulation_steps={engine.accumulation_steps}: {self.method} needs the "
-                            "utilisation and gradients of one optimizer step per batch; set "
-                            "accumulation_steps to 1")
+            raise UserError(
+                f"accumulation_steps={engine.accumulation_steps}: {self.method} needs the "
+                "utilisation and gradients of one optimizer step per batch; set "
+                "accumulation_steps to 1"
+            )
         network = unwrap(engine.network)
         encoders = [submodule(network, n, "encoders") for n in self.encoder_names]
         self._check_network(network)
         head_params = {id(p) for p in self.heads.parameters()}
         if any(id(p) in head_params for p in network.parameters()):
-            raise UserError("heads: the heads are part of the network; keep them out of it so they are "
-                            "trained only by the head optimizer and absent from the exported model")
+            raise UserError(
+                "heads: the heads are part of the network; keep them out of it so they are "
+                "trained only by the head optimizer and absent from the exported model"
+            )
         self._encoder_params = encoder_parameters(network, self.encoder_names)
         self._device = next(network.parameters()).device
         self.heads.to(self._device)
         for i, encoder in enumerate(encoders):
             encoder.register_forward_hook(self._capture_hook(i))
-        logger.info("%s on %s: %s", self.method, dict(zip(self.modality_names, self.encoder_names)),
-                    self._describe())
+        logger.info(
+            "%s on %s: %s", self.method, dict(zip(self.modality_names, self.encoder_names)), self._describe()
+        )
 
     def _describe(self) -> str:
         return f"warm-up={self.warmup_iterations}"
@@ -231,8 +242,9 @@ class ModalityHeadsHandler(NetworkHandler):
         utilisation, losses = self._all_reduce_heads(torch.stack([utilisation, losses.detach()]))
         return utilisation, losses
 
-    def _score(self, predictions: list[torch.Tensor], target: torch.Tensor,
-               losses: torch.Tensor) -> torch.Tensor:
+    def _score(
+        self, predictions: list[torch.Tensor], target: torch.Tensor, losses: torch.Tensor
+    ) -> torch.Tensor:
         """Per-modality utilisation [M] of the heads' predictions: the ``metric`` of each."""
         return torch.stack([self.metric(p, target).float().reshape(()) for p in predictions])
 
@@ -266,9 +278,9 @@ class ModalityHeadsHandler(NetworkHandler):
         num = len(self.modality_names)
         latest = {}
         for offset, kind in enumerate(per_modality):
-            for name, value in zip(self.modality_names, values[offset * num:(offset + 1) * num]):
+            for name, value in zip(self.modality_names, values[offset * num : (offset + 1) * num]):
                 latest[f"{kind}/{name}"] = value
-        latest.update(zip(scalars, values[len(per_modality) * num:]))
+        latest.update(zip(scalars, values[len(per_modality) * num :]))
         self.latest = latest
 
     def _publish(self, engine: Engine) -> None:
@@ -342,8 +354,9 @@ class GradientModulationHandler(ModalityHeadsHandler):
         self.coefficients = state["coefficients"].clone()
 
 
-def per_modality(values: Mapping[str, float] | Sequence[float], names: Sequence[str], default: float,
-                  setting: str) -> list[float]:
+def per_modality(
+    values: Mapping[str, float] | Sequence[float], names: Sequence[str], default: float, setting: str
+) -> list[float]:
     """One value per modality from a ``{name: value}`` mapping (others ``default``) or a full list."""
     if isinstance(values, Mapping):
         unknown = sorted(set(values) - set(names))
@@ -387,5 +400,8 @@ class EncoderHandler(NetworkHandler):
 def modulation_scalars(output: Any) -> dict[str, float]:
     """``output_transform`` for MONAI's Stats/TensorBoardStatsHandler: the loss and the ``cggm/`` curves."""
     first = output[0] if isinstance(output, list) else output
-    return {key: float(value.detach() if isinstance(value, torch.Tensor) else value)
-            for key, value in first.items() if key == Keys.LOSS or key.startswith(SCALAR_PREFIX)}
+    return {
+        key: float(value.detach() if isinstance(value, torch.Tensor) else value)
+        for key, value in first.items()
+        if key == Keys.LOSS or key.startswith(SCALAR_PREFIX)
+    }

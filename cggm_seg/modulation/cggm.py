@@ -107,12 +107,15 @@ class CGGMHandler(GradientModulationHandler):
         direction_scale: str = "absolute",
         apply_to: str = "gradient",
     ) -> None:
-        super().__init__(encoders, heads, head_optimizer, metric, head_loss, warmup_iterations,
-                         modality_names)
-        for setting, value, choices in (("utilisation", utilisation, UTILISATIONS),
-                                        ("coefficient_rule", coefficient_rule, COEFFICIENT_RULES),
-                                        ("direction_scale", direction_scale, DIRECTION_SCALES),
-                                        ("apply_to", apply_to, APPLY_TO)):
+        super().__init__(
+            encoders, heads, head_optimizer, metric, head_loss, warmup_iterations, modality_names
+        )
+        for setting, value, choices in (
+            ("utilisation", utilisation, UTILISATIONS),
+            ("coefficient_rule", coefficient_rule, COEFFICIENT_RULES),
+            ("direction_scale", direction_scale, DIRECTION_SCALES),
+            ("apply_to", apply_to, APPLY_TO),
+        ):
             if value not in choices:
                 raise UserError(f"{setting}: {value!r} is not one of {choices}")
         if utilisation == "soft" and soft_metric is None:
@@ -163,30 +166,35 @@ class CGGMHandler(GradientModulationHandler):
                 raise UserError(
                     f"head_output_layer: head {i} output layer weight {tuple(weight.shape)} differs from "
                     f"fusion_layer {self.fusion_layer_name!r} weight {tuple(fusion.weight.shape)}; "
-                    "CGGM compares them, so they must have the same shape")
+                    "CGGM compares them, so they must have the same shape"
+                )
             self._head_weights.append(weight)
         self._fusion_weight = fusion.weight
 
     def _describe(self) -> str:
-        return (f"rho={self.rho} lambda={self.lam} direction={self.direction} clip={self.coeff_clip} "
-                f"momentum={self.momentum} warm-up={self.warmup_iterations} utilisation={self.utilisation} "
-                f"window={self.improvement_window} rule={self.coefficient_rule} "
-                f"direction_scale={self.direction_scale} apply_to={self.apply_to}")
+        return (
+            f"rho={self.rho} lambda={self.lam} direction={self.direction} clip={self.coeff_clip} "
+            f"momentum={self.momentum} warm-up={self.warmup_iterations} utilisation={self.utilisation} "
+            f"window={self.improvement_window} rule={self.coefficient_rule} "
+            f"direction_scale={self.direction_scale} apply_to={self.apply_to}"
+        )
 
     def _register(self, engine: Engine) -> None:
         super()._register(engine)
         if self.apply_to == "update":
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._scale_update)
 
-    def _score(self, predictions: list[torch.Tensor], target: torch.Tensor,
-               losses: torch.Tensor) -> torch.Tensor:
+    def _score(
+        self, predictions: list[torch.Tensor], target: torch.Tensor, losses: torch.Tensor
+    ) -> torch.Tensor:
         if self.utilisation == "loss":
             return -losses.float()
         metric = self.soft_metric if self.utilisation == "soft" else self.metric
         return torch.stack([metric(p, target).float().reshape(()) for p in predictions])
 
-    def _coefficients(self, improvements: torch.Tensor, head_losses: torch.Tensor,
-                      clip: Sequence[float] | None) -> torch.Tensor:
+    def _coefficients(
+        self, improvements: torch.Tensor, head_losses: torch.Tensor, clip: Sequence[float] | None
+    ) -> torch.Tensor:
         if self.coefficient_rule == "paper":
             return balance_coefficients(improvements, clip, self.sum_tolerance)
         if self.coefficient_rule == "share":
@@ -213,13 +221,16 @@ class CGGMHandler(GradientModulationHandler):
         previous = self.previous_utilisation.to(device)
         current = smoothed_utilisation(utilisation, previous, self.momentum)
         improvements = windowed_improvement(self.history, current, self.improvement_window)
-        average_loss = head_losses if self.average_head_loss is None else smoothed_utilisation(
-            head_losses, self.average_head_loss.to(device), self.momentum)
+        average_loss = (
+            head_losses
+            if self.average_head_loss is None
+            else smoothed_utilisation(head_losses, self.average_head_loss.to(device), self.momentum)
+        )
         coefficients = self._coefficients(improvements, average_loss, self.coeff_clip)
         clipped = torch.zeros((), device=device)
         if self.coeff_clip is not None:
             clipped = (self._coefficients(improvements, average_loss, None) != coefficients).sum()
-        self.history = [*self.history, current.detach()][-self.improvement_window:]
+        self.history = [*self.history, current.detach()][-self.improvement_window :]
         self.average_head_loss = average_loss.detach()
         self.coefficients = coefficients.detach()
 

@@ -35,8 +35,12 @@ class MSLRHandler(EncoderHandler):
         modality_names: names of the modalities, in encoder order.
     """
 
-    def __init__(self, encoders: Sequence[str], lr_scales: Mapping[str, float] | Sequence[float],
-                 modality_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        encoders: Sequence[str],
+        lr_scales: Mapping[str, float] | Sequence[float],
+        modality_names: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(encoders, modality_names)
         self.lr_scales = per_modality(lr_scales, self.modality_names, 1.0, "lr_scales")
         if any(s < 0 for s in self.lr_scales):

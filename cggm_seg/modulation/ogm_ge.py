@@ -30,8 +30,9 @@ def ogm_ge_coefficients(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     ``k = 0``.
     """
     if scores.dim() != 1 or scores.numel() < 2:
-        raise ValueError(f"scores must be a 1-D tensor with one entry per modality (>= 2), "
-                         f"got shape {tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be a 1-D tensor with one entry per modality (>= 2), got shape {tuple(scores.shape)}"
+        )
     scores = scores.float()
     others = (scores.sum() - scores) / (scores.numel() - 1)
     both_zero = (scores < SCORE_TOLERANCE) & (others < SCORE_TOLERANCE)
@@ -80,8 +81,9 @@ class OGMGEHandler(GradientModulationHandler):
         warmup_iterations: int = 0,
         modality_names: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(encoders, heads, head_optimizer, metric, head_loss, warmup_iterations,
-                         modality_names)
+        super().__init__(
+            encoders, heads, head_optimizer, metric, head_loss, warmup_iterations, modality_names
+        )
         if not alpha > 0:
             raise UserError(f"alpha: OGM-GE needs alpha > 0, got {alpha}")
         self.alpha = float(alpha)
@@ -119,8 +121,9 @@ class OGMGEHandler(GradientModulationHandler):
             for param in params:
                 grad = param.grad
                 if grad is not None and grad.numel() > 1:
-                    sample = torch.randn(grad.shape, generator=self._generator, device=grad.device,
-                                         dtype=grad.dtype)
+                    sample = torch.randn(
+                        grad.shape, generator=self._generator, device=grad.device, dtype=grad.dtype
+                    )
                     pairs.append((grad, sample.mul_(grad.std())))
         return pairs
 

@@ -30,8 +30,9 @@ class UnimodalHandler(EncoderHandler):
         modality_names: names of the modalities, in encoder order.
     """
 
-    def __init__(self, encoders: Sequence[str], modality: str | int,
-                 modality_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, encoders: Sequence[str], modality: str | int, modality_names: Sequence[str] | None = None
+    ) -> None:
         super().__init__(encoders, modality_names)
         self.index = modality_index(modality, self.modality_names)
         self.handles: list[RemovableHandle] = []
@@ -50,8 +51,12 @@ def modality_index(modality: str | int, names: Sequence[str]) -> int:
     raise UserError(f"modality: {modality!r} is neither one of {list(names)} nor an index below {len(names)}")
 
 
-def keep_only_modality(network: nn.Module, encoders: Sequence[str], modality: str | int,
-                       modality_names: Sequence[str] | None = None) -> list[RemovableHandle]:
+def keep_only_modality(
+    network: nn.Module,
+    encoders: Sequence[str],
+    modality: str | int,
+    modality_names: Sequence[str] | None = None,
+) -> list[RemovableHandle]:
     """Blank every encoder of ``network`` but the one of ``modality``; returns the hooks' handles."""
     names = modality_labels(modality_names, len(encoders))
     index = modality_index(modality, names)

@@ -73,19 +73,31 @@ class Food101FinetuneNet(nn.Module):
             and its dropout (the backbones keep their own).
     """
 
-    def __init__(self, vit: str | os.PathLike, bert: str | os.PathLike, num_outputs: int, d_model: int = 40,
-                 num_heads: int = 5, fusion_layers: int = 2, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        vit: str | os.PathLike,
+        bert: str | os.PathLike,
+        num_outputs: int,
+        d_model: int = 40,
+        num_heads: int = 5,
+        fusion_layers: int = 2,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
-        self.encoders = nn.ModuleDict({
-            "image": PretrainedEncoder(_backbone(vit, "vit_dir"), "pixel_values", d_model),
-            "text": PretrainedEncoder(_backbone(bert, "bert_dir"), "input_ids", d_model),
-        })
+        self.encoders = nn.ModuleDict(
+            {
+                "image": PretrainedEncoder(_backbone(vit, "vit_dir"), "pixel_values", d_model),
+                "text": PretrainedEncoder(_backbone(bert, "bert_dir"), "input_ids", d_model),
+            }
+        )
         self.modality_embedding = nn.Parameter(0.02 * torch.randn(len(MODALITIES), d_model))
-        layer = nn.TransformerEncoderLayer(d_model, num_heads, dim_feedforward=4 * d_model, dropout=dropout,
-                                           batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, num_heads, dim_feedforward=4 * d_model, dropout=dropout, batch_first=True
+        )
         self.fusion = nn.TransformerEncoder(layer, fusion_layers, enable_nested_tensor=False)
-        self.refine = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Dropout(dropout),
-                                    nn.Linear(d_model, d_model))
+        self.refine = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_model, d_model)
+        )
         self.output_layer = nn.Linear(d_model, num_outputs)
 
     def encoder_names(self) -> list[str]:
@@ -95,8 +107,10 @@ class Food101FinetuneNet(nn.Module):
     def parameter_groups(self, backbone_lr: float) -> list[dict[str, Any]]:
         """Optimizer groups: the pretrained backbones at ``backbone_lr``, everything else at the default."""
         backbone = {id(p) for encoder in self.encoders.values() for p in encoder.backbone.parameters()}
-        return [{"params": [p for p in self.parameters() if id(p) in backbone], "lr": backbone_lr},
-                {"params": [p for p in self.parameters() if id(p) not in backbone]}]
+        return [
+            {"params": [p for p in self.parameters() if id(p) in backbone], "lr": backbone_lr},
+            {"params": [p for p in self.parameters() if id(p) not in backbone]},
+        ]
 
     def forward(self, inputs: Mapping[str, Any]) -> torch.Tensor:
         ids = inputs["text"]
@@ -115,10 +129,19 @@ class Food101FinetuneNet(nn.Module):
         return self.output_layer(pooled + self.refine(pooled))
 
 
-def food101_network(encoders: str, input_dims: Mapping[str, int] | None, num_outputs: int, d_model: int = 40,
-                    num_heads: int = 5, encoder_layers: int = 4, fusion_layers: int = 2,
-                    kernel_size: int | Mapping[str, int] = 1, dropout: float = 0.1,
-                    vit: str | os.PathLike | None = None, bert: str | os.PathLike | None = None) -> nn.Module:
+def food101_network(
+    encoders: str,
+    input_dims: Mapping[str, int] | None,
+    num_outputs: int,
+    d_model: int = 40,
+    num_heads: int = 5,
+    encoder_layers: int = 4,
+    fusion_layers: int = 2,
+    kernel_size: int | Mapping[str, int] = 1,
+    dropout: float = 0.1,
+    vit: str | os.PathLike | None = None,
+    bert: str | os.PathLike | None = None,
+) -> nn.Module:
     """The Food-101 bundle's network for its ``encoders`` setting (see :data:`ENCODER_MODES`).
 
     ``frozen_features``: :class:`SequenceFusionNet` on the features' ``input_dims``;
@@ -126,8 +149,9 @@ def food101_network(encoders: str, input_dims: Mapping[str, int] | None, num_out
     (``encoder_layers`` and ``kernel_size`` do not apply: the backbones are the encoders).
     """
     if encoders == "frozen_features":
-        return SequenceFusionNet(input_dims, num_outputs, d_model, num_heads, encoder_layers, fusion_layers,
-                                 kernel_size, dropout)
+        return SequenceFusionNet(
+            input_dims, num_outputs, d_model, num_heads, encoder_layers, fusion_layers, kernel_size, dropout
+        )
     if encoders == "finetune":
         return Food101FinetuneNet(vit, bert, num_outputs, d_model, num_heads, fusion_layers, dropout)
     raise UserError(f"encoders: {encoders!r} is not one of {', '.join(ENCODER_MODES)}")

@@ -37,21 +37,32 @@ class ModalityHead(nn.Module):
     """
 
     def __init__(
-        self, feature_channels: Sequence[int], out_channels: int, hidden: int, act: str | tuple = DEFAULT_ACT,
-        refine: int = 0, level: int = 0,
+        self,
+        feature_channels: Sequence[int],
+        out_channels: int,
+        hidden: int,
+        act: str | tuple = DEFAULT_ACT,
+        refine: int = 0,
+        level: int = 0,
     ) -> None:
         super().__init__()
         if refine < 0:
             raise ValueError(f"refine must be >= 0, got {refine}.")
         if not 0 <= level < len(feature_channels):
-            raise ValueError(f"level must be in [0, {len(feature_channels) - 1}] (an encoder level), "
-                             f"got {level}.")
+            raise ValueError(
+                f"level must be in [0, {len(feature_channels) - 1}] (an encoder level), got {level}."
+            )
         self.levels, self.level = len(feature_channels), level
-        self.projections = nn.ModuleList(nn.Conv3d(c, hidden, kernel_size=1)
-                                         for c in feature_channels[level:])
+        self.projections = nn.ModuleList(
+            nn.Conv3d(c, hidden, kernel_size=1) for c in feature_channels[level:]
+        )
         self.act = get_act_layer(act)
-        self.refine = nn.Sequential(*(nn.Sequential(nn.Conv3d(hidden, hidden, kernel_size=3, padding=1),
-                                                    get_act_layer(act)) for _ in range(refine)))
+        self.refine = nn.Sequential(
+            *(
+                nn.Sequential(nn.Conv3d(hidden, hidden, kernel_size=3, padding=1), get_act_layer(act))
+                for _ in range(refine)
+            )
+        )
         self.output_layer = nn.Conv3d(hidden, out_channels, kernel_size=1)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -59,7 +70,7 @@ class ModalityHead(nn.Module):
             raise ValueError(
                 f"ModalityHead expects {self.levels} feature levels (finest first), got {len(features)}."
             )
-        read = features[self.level:]
+        read = features[self.level :]
         # Coarse to fine, one upsampling per level: only the last one runs at the head's resolution,
         # which halves the head's CPU cost against upsampling every level straight to the finest.
         summed = self.projections[-1](read[-1])

@@ -43,20 +43,25 @@ def check_fill(fill: str) -> str:
 def _pre_hook(fill: str, name: str):
     def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         if not args or not isinstance(args[0], torch.Tensor):
-            raise RuntimeError(f"encoder {name!r} was called without a positional input tensor; "
-                               "its modality cannot be blanked")
+            raise RuntimeError(
+                f"encoder {name!r} was called without a positional input tensor; "
+                "its modality cannot be blanked"
+            )
         return (blank(args[0], fill), *args[1:])
 
     return hook
 
 
-def blank_encoder_inputs(network: nn.Module, encoders: Sequence[str],
-                         fill: str = "zero") -> list[RemovableHandle]:
+def blank_encoder_inputs(
+    network: nn.Module, encoders: Sequence[str], fill: str = "zero"
+) -> list[RemovableHandle]:
     """Blank the inputs of the named encoders of ``network`` until the returned handles are removed."""
     check_fill(fill)
     root = unwrap(network)
-    return [submodule(root, name, "encoders").register_forward_pre_hook(_pre_hook(fill, name))
-            for name in encoders]
+    return [
+        submodule(root, name, "encoders").register_forward_pre_hook(_pre_hook(fill, name))
+        for name in encoders
+    ]
 
 
 @contextmanager

@@ -36,5 +36,6 @@ def from_local(class_name: str, folder: str | os.PathLike | None, setting: str, 
     try:
         return loader.from_pretrained(str(folder), local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{setting} {folder}: cannot load it from the local folder (a {class_name}: "
-                        f"{err})") from err
+        raise UserError(
+            f"{setting} {folder}: cannot load it from the local folder (a {class_name}: {err})"
+        ) from err

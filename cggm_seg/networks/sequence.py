@@ -60,16 +60,24 @@ def masked_mean(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _transformer(d_model: int, num_heads: int, num_layers: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(d_model, num_heads, dim_feedforward=4 * d_model, dropout=dropout,
-                                       batch_first=True)
+    layer = nn.TransformerEncoderLayer(
+        d_model, num_heads, dim_feedforward=4 * d_model, dropout=dropout, batch_first=True
+    )
     return nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
 
 
 class ModalityEncoder(nn.Module):
     """Features ``[B, T, in_dim]`` -> ``[B, T, d_model]``, zero at padded steps."""
 
-    def __init__(self, in_dim: int, d_model: int, num_heads: int, num_layers: int, kernel_size: int = 1,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        d_model: int,
+        num_heads: int,
+        num_layers: int,
+        kernel_size: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to keep the sequence length, got {kernel_size}")
@@ -111,23 +119,34 @@ class SequenceFusionNet(nn.Module):
         dropout: dropout inside the transformers and the output MLP.
     """
 
-    def __init__(self, input_dims: Mapping[str, int], num_outputs: int, d_model: int = 40, num_heads: int = 5,
-                 encoder_layers: int = 4, fusion_layers: int = 2, kernel_size: int | Mapping[str, int] = 1,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        input_dims: Mapping[str, int],
+        num_outputs: int,
+        d_model: int = 40,
+        num_heads: int = 5,
+        encoder_layers: int = 4,
+        fusion_layers: int = 2,
+        kernel_size: int | Mapping[str, int] = 1,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         if len(input_dims) < 2:
             raise ValueError(f"a multimodal network needs at least two modalities, got {list(input_dims)}")
         kernels = kernel_size if isinstance(kernel_size, Mapping) else dict.fromkeys(input_dims, kernel_size)
         self.modalities = tuple(input_dims)
         self.feature_sizes = [int(dim) for dim in input_dims.values()]
-        self.encoders = nn.ModuleDict({
-            name: ModalityEncoder(int(dim), d_model, num_heads, encoder_layers, kernels[name], dropout)
-            for name, dim in input_dims.items()
-        })
+        self.encoders = nn.ModuleDict(
+            {
+                name: ModalityEncoder(int(dim), d_model, num_heads, encoder_layers, kernels[name], dropout)
+                for name, dim in input_dims.items()
+            }
+        )
         self.modality_embedding = nn.Parameter(0.02 * torch.randn(len(self.modalities), d_model))
         self.fusion = _transformer(d_model, num_heads, fusion_layers, dropout)
-        self.refine = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Dropout(dropout),
-                                    nn.Linear(d_model, d_model))
+        self.refine = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_model, d_model)
+        )
         self.output_layer = nn.Linear(d_model, num_outputs)
 
     def encoder_names(self) -> list[str]:
@@ -142,8 +161,10 @@ class SequenceFusionNet(nn.Module):
         """
         expected = dict(zip(self.modalities, self.feature_sizes))
         if dict(dims) != expected:
-            raise UserError(f"input_dims: the network takes features of sizes {expected}, but {source} holds "
-                            f"{dict(dims)}; pass --input_dims \"{dict(dims)}\" (the sizes training read)")
+            raise UserError(
+                f"input_dims: the network takes features of sizes {expected}, but {source} holds "
+                f'{dict(dims)}; pass --input_dims "{dict(dims)}" (the sizes training read)'
+            )
         return True
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,12 +187,15 @@ class SequenceFusionNet(nn.Module):
             raise KeyError(f"network inputs lack modalities {missing}; expected keys {list(self.modalities)}")
         lengths = inputs.get("lengths") or {}
         features = [inputs[name] for name in self.modalities]
-        valid = [_valid_steps(lengths.get(name), steps.shape[0], steps.shape[1], steps.device)
-                 for name, steps in zip(self.modalities, features)]
+        valid = [
+            _valid_steps(lengths.get(name), steps.shape[0], steps.shape[1], steps.device)
+            for name, steps in zip(self.modalities, features)
+        ]
         return features, valid
 
-    def _unpack(self, packed: torch.Tensor,
-                lengths: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _unpack(
+        self, packed: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         channels, modalities = sum(self.feature_sizes), len(self.feature_sizes)
         if packed.dim() != 3 or packed.shape[1] != channels:
             raise ValueError(f"expected packed features [B, {channels}, T], got {list(packed.shape)}")
@@ -222,8 +246,9 @@ class SequenceHead(nn.Module):
         return self.output_layer(self.mlp(masked_mean(features, valid)))
 
 
-def sequence_heads(num_modalities: int, d_model: int, num_outputs: int,
-                   dropout: float = 0.0) -> ModalityHeads:
+def sequence_heads(
+    num_modalities: int, d_model: int, num_outputs: int, dropout: float = 0.0
+) -> ModalityHeads:
     """One :class:`SequenceHead` per modality, in modality order, for a network of width ``d_model``."""
     if num_modalities < 1:
         raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")

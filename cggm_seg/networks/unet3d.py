@@ -79,8 +79,10 @@ class LevelFusion(nn.Module):
         levels = len(features_per_modality[0])
         if self.mode == "sum":
             return [torch.stack([f[k] for f in features_per_modality]).sum(dim=0) for k in range(levels)]
-        return [mixer(torch.cat([f[k] for f in features_per_modality], dim=1))
-                for k, mixer in enumerate(self.mixers)]
+        return [
+            mixer(torch.cat([f[k] for f in features_per_modality], dim=1))
+            for k, mixer in enumerate(self.mixers)
+        ]
 
 
 @torch.jit.interface
@@ -175,11 +177,13 @@ class MultiModalUNet3D(nn.Module):
         """Dotted names of the encoders, in modality order, for CGGM's forward hooks."""
         return [f"encoders.{i}" for i in range(self.in_modalities)]
 
-    def make_heads(self, hidden: int | None = None, act: str | tuple = DEFAULT_ACT,
-                   refine: int = 0, level: int = 0) -> ModalityHeads:
+    def make_heads(
+        self, hidden: int | None = None, act: str | tuple = DEFAULT_ACT, refine: int = 0, level: int = 0
+    ) -> ModalityHeads:
         """Training-only per-modality heads matching this network's encoders and output layer."""
-        return segmentation_heads(self.channels, self.in_modalities, self.out_channels, hidden, act, refine,
-                                  level)
+        return segmentation_heads(
+            self.channels, self.in_modalities, self.out_channels, hidden, act, refine, level
+        )
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_modalities:

@@ -22,12 +22,13 @@ def submodule(root: nn.Module, name: str, setting: str) -> nn.Module:
         return root.get_submodule(name)
     except AttributeError:
         children = [n for n, _ in root.named_children()]
-        raise UserError(f"{setting}: no sub-module named {name!r} in {type(root).__name__} "
-                        f"(its top-level sub-modules are {children})") from None
+        raise UserError(
+            f"{setting}: no sub-module named {name!r} in {type(root).__name__} "
+            f"(its top-level sub-modules are {children})"
+        ) from None
 
 
 def encoder_parameters(network: nn.Module, names: Sequence[str]) -> list[list[nn.Parameter]]:
     """The trainable parameters of each named encoder of ``network`` (DDP unwrapped), in order."""
     root = unwrap(network)
     return [[p for p in submodule(root, n, "encoders").parameters() if p.requires_grad] for n in names]
-

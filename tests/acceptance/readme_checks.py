@@ -118,8 +118,11 @@ def check_brats_inference(words, work, stdout, changed):
     dataset = work / option(words, "--dataset_dir")
     datalist = work / option(words, "--datalist", str(dataset / "datalist.json"))
     fold = option(words, "--fold")
-    cases = datalist_entries(datalist, option(words, "--data_list_key", "training"),
-                             None if fold in (None, "None", "null") else int(fold))
+    cases = datalist_entries(
+        datalist,
+        option(words, "--data_list_key", "training"),
+        None if fold in (None, "None", "null") else int(fold),
+    )
     predictions = written(changed, output / "predictions", "*.nii.gz")
     assert sorted(p.name for p in predictions) == sorted(f"{c['case_id']}.nii.gz" for c in cases), predictions
     convention = json.loads(datalist.read_text()).get("label_convention", "brats2021")
@@ -182,8 +185,13 @@ def check_nothing(words, work, stdout, changed):
 
 
 #: ``cggm-seg`` subcommand (and sub-subcommand) -> its check
-CGGM_SEG_RULES = {("prepare", "brats"): check_prepare_brats, ("bundle", "path"): check_bundle_path,
-                  ("evaluate",): check_folder_scores, ("demo",): check_demo, ("compare",): check_comparison}
+CGGM_SEG_RULES = {
+    ("prepare", "brats"): check_prepare_brats,
+    ("bundle", "path"): check_bundle_path,
+    ("evaluate",): check_folder_scores,
+    ("demo",): check_demo,
+    ("compare",): check_comparison,
+}
 
 
 def rule_for(words: list[str]) -> Callable:

@@ -37,8 +37,18 @@ READMES = [ROOT / "README.md", *sorted(ROOT.glob("bundles/*/docs/README.md"))]
 #: appended to every ``monai.bundle run`` of a bundle: the smallest run that still trains, validates
 #: (so ``model.pt`` exists) and infers
 SMALL = {
-    "brats_cggm": ["--epochs", "1", "--val_interval", "1", "--roi_size", "[16,16,16]", "--num_workers", "0",
-                   "--sw_batch_size", "1"],
+    "brats_cggm": [
+        "--epochs",
+        "1",
+        "--val_interval",
+        "1",
+        "--roi_size",
+        "[16,16,16]",
+        "--num_workers",
+        "0",
+        "--sw_batch_size",
+        "1",
+    ],
     "mosi_cggm": ["--epochs", "1"],
     "iemocap_cggm": ["--epochs", "1"],
     "food101_cggm": ["--epochs", "1"],
@@ -48,9 +58,13 @@ TINY_DEMO = ["--size", "32", "--epochs", "1", "--train-cases", "4", "--test-case
 BRATS_PLACEHOLDERS = {"/data/BraTS2021": "brats2021", "/data/BraTS2023-GLI": "brats2023"}
 #: commands not run here, by their first words, and why
 NOT_RUN = {
-    ("docker",): "needs a container engine; tests/test_container_build.py builds and runs the image",
-    ("podman",): "needs a container engine; tests/test_container_build.py builds and runs the image",
-    ("./run.sh", "image"): "builds the image; tests/test_container_build.py runs it",
+    (
+        "docker",
+    ): "needs a container engine; tests/packaging/test_container_build.py builds and runs the image",
+    (
+        "podman",
+    ): "needs a container engine; tests/packaging/test_container_build.py builds and runs the image",
+    ("./run.sh", "image"): "builds the image; tests/packaging/test_container_build.py runs it",
 }
 
 
@@ -58,7 +72,7 @@ def adapted(command: Command, work: Path) -> list[str] | str:
     """The command's words as run here, or why it is not run."""
     words = shlex.split(command.text, comments=True)
     for start, reason in NOT_RUN.items():
-        if tuple(words[:len(start)]) == start:
+        if tuple(words[: len(start)]) == start:
             return reason
     if words[:2] == ["./run.sh", "test"]:
         return "this suite's own runner"
@@ -90,8 +104,9 @@ def snapshot(folder: Path) -> dict[Path, tuple[int, int]]:
 def run_command(command: Command, words: list[str], work: Path, env: dict[str, str]) -> None:
     before = snapshot(work)
     started = time.perf_counter()
-    result = subprocess.run(["bash", "-c", shlex.join(words)], cwd=work, env=env, capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        ["bash", "-c", shlex.join(words)], cwd=work, env=env, capture_output=True, text=True, timeout=900
+    )
     elapsed = time.perf_counter() - started
     where = f"{command.source}: {command.text}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     if command.expect_error:
@@ -116,9 +131,16 @@ def test_readme_commands_run_as_written(readme: Path, installed_wheel, tmp_path:
     assert commands, f"{readme} shows no ```bash command"
     work = tmp_path / "work"
     work.mkdir()
-    installed_bundles = Path(subprocess.run(
-        ["cggm-seg", "bundle", "path", "brats_cggm"], env=installed_wheel.env, capture_output=True, text=True,
-        check=True, cwd=work).stdout.strip()).parent
+    installed_bundles = Path(
+        subprocess.run(
+            ["cggm-seg", "bundle", "path", "brats_cggm"],
+            env=installed_wheel.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=work,
+        ).stdout.strip()
+    ).parent
     (work / "bundles").symlink_to(installed_bundles)
     env = installed_wheel.env
     for command in commands:
