@@ -11,28 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
-
-from data_prep.brats_datalist import write_datalist
-from data_prep.synth_brats import write_brats_dataset
-
-CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "brats_cggm" / "configs"
-TINY = {
-    "epochs": 1,
-    "val_interval": 1,
-    "roi_size": [16, 16, 16],
-    "network_def#channels": [4, 8, 16, 32],
-    "device": "cpu",
-    "amp": False,
-    "cache_rate": 0.0,
-}
+from tiny_brats import CONFIGS, TINY, prepared_brats
 
 
 @pytest.fixture(scope="module")
 def damaged(tmp_path_factory) -> tuple[Path, Path]:
     """A prepared 4-case folder whose last case's T1 was truncated afterwards; (root, that file)."""
-    root = tmp_path_factory.mktemp("brats")
-    write_brats_dataset(root, cases=4, size=32, seed=0)
-    write_datalist(root, root / "datalist.json", folds=2, seed=0)
+    root = prepared_brats(tmp_path_factory.mktemp("brats"))
     t1 = sorted(root.glob("*/*_t1.nii.gz"))[-1]
     t1.write_bytes(t1.read_bytes()[: t1.stat().st_size // 2])
     return root, t1

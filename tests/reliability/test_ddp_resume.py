@@ -17,31 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
-
-from data_prep.brats_datalist import write_datalist
-from data_prep.synth_brats import write_brats_dataset
-
-CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "brats_cggm" / "configs"
-#: 4 training cases, batch 1: 2 steps an epoch under 2 ranks, 4 under 1
-TINY = {
-    "roi_size": [16, 16, 16],
-    "network_def#channels": [4, 8, 16, 32],
-    "num_workers": 0,
-    "device": "cpu",
-    "amp": "false",
-    "warmup_epochs": 1,
-    "val_interval": 1,
-    "sw_batch_size": 1,
-    "batch_size": 1,
-}
+from tiny_brats import CONFIGS, TINY, prepared_brats
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("brats")
-    write_brats_dataset(root, cases=6, size=32, seed=0)
-    write_datalist(root, root / "datalist.json", folds=3, seed=0)
-    return root
+    """6 cases in 3 folds: 4 train, so an epoch is 2 steps under 2 ranks and 4 in one process."""
+    return prepared_brats(tmp_path_factory.mktemp("brats"), cases=6, folds=3)
 
 
 def _torchrun(dataset: Path, out: Path, epochs: int, ranks: int = 2, **settings) -> list[str]:

@@ -5,16 +5,12 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from tiny_brats import CONFIGS, prepared_brats
 
 from cggm_seg.errors import UserError
 from cggm_seg.preflight import check_settings
-from data_prep.brats_datalist import write_datalist
-from data_prep.synth_brats import write_brats_dataset
-
-CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "brats_cggm" / "configs"
 
 
 @pytest.mark.parametrize(
@@ -77,9 +73,7 @@ def test_the_bundles_defaults_and_edges_pass():
     ],
 )
 def test_a_refused_setting_is_one_line_and_leaves_output_dir_as_it_was(tmp_path, override, line):
-    root = tmp_path / "data"
-    write_brats_dataset(root, cases=4, size=32, seed=0)
-    write_datalist(root, root / "datalist.json", folds=2, seed=0)
+    root = prepared_brats(tmp_path / "data")
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
