@@ -19,13 +19,9 @@ from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_n
 from monai.bundle.scripts import _get_fake_input_shape
 from monai.data import load_net_with_metadata
 from packaging.version import Version
+from test_bundle_conformance import write_tiny_datasets
 
 import cggm_seg
-from data_prep.brats_datalist import write_datalist
-from data_prep.synth_brats import write_brats_dataset
-from data_prep.synth_food101 import write_food101
-from data_prep.synth_iemocap import write_iemocap
-from data_prep.synth_mosi import write_mosi
 
 try:
     import tomllib
@@ -81,19 +77,9 @@ def fake_weights(bundle: str, folder: Path) -> Path:
     return path
 
 
-def write_dataset(bundle: str, root: Path) -> Path:
-    """A tiny synthetic ``dataset_dir`` in the layout the bundle reads by default."""
-    root.mkdir(parents=True)
-    if bundle == "brats_cggm":
-        write_brats_dataset(root, cases=2, size=16, seed=0)
-        write_datalist(root, root / "datalist.json", folds=2, seed=0)
-    elif bundle == "mosi_cggm":
-        write_mosi(root / "mosi_data_noalign.pkl", "mult", 16, 0)
-    elif bundle == "iemocap_cggm":
-        write_iemocap(root, "h5", 16, 0)
-    else:
-        write_food101(root, 16, 3, 0)
-    return root
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> dict[str, Path]:
+    return write_tiny_datasets(tmp_path_factory.mktemp("bundle_data"))
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -135,14 +121,14 @@ def test_metadata_verifies_against_the_schema_it_names(bundle):
 
 # ------------------------------------------------------------------------------------- inference
 @pytest.mark.parametrize("bundle", ALL)
-def test_inference_config_has_monai_infer_properties(bundle, tmp_path):
+def test_inference_config_has_monai_infer_properties(bundle, datasets, tmp_path):
     logging_file = BUNDLES / bundle / "configs" / "logging.conf"
     weights = fake_weights(bundle, tmp_path / "models")
     flow = ConfigWorkflow(
         workflow_type="infer",
         logging_file=str(logging_file),
         **files(bundle),
-        dataset_dir=str(write_dataset(bundle, tmp_path / "data")),
+        dataset_dir=str(datasets[bundle]),
         ckpt_dir=str(weights.parent),
         output_dir=str(tmp_path / "out"),
         device="cpu",
