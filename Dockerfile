@@ -55,7 +55,8 @@ RUN /opt/venv/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
 
 FROM python
 ENV PATH=/opt/venv/bin:$PATH \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    CGGM_SEG_CACHE_DIR=/cache
 COPY --from=dependencies /opt/venv /opt/venv
 COPY --from=wheel /dist /tmp/dist
 # The bundles link makes bundles/NAME/configs/... (README, docs/CONTAINER.md) the installed bundles.
@@ -67,12 +68,13 @@ RUN pip install --no-deps --no-index /tmp/dist/*.whl \
     && test -f bundles/brats_cggm/configs/train.json \
     && if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu 2>/dev/null; fi \
     && useradd --create-home --uid 1000 --shell /bin/bash cggm \
-    && mkdir -p /data /output \
-    && chown cggm:cggm /data /output
+    && mkdir -p /data /output /cache \
+    && chown cggm:cggm /data /output /cache
 USER 1000:1000
 
-# /data: datasets (the bundles read /data/brats by default); /output: runs, checkpoints, predictions.
-VOLUME ["/data", "/output"]
+# /data: datasets (the bundles read /data/brats by default); /output: runs, checkpoints, predictions;
+# /cache: the BraTS bundle's prepared cases (data_path: disk), kept across runs in a named volume.
+VOLUME ["/data", "/output", "/cache"]
 
 # No entrypoint, so any command runs as given: `cggm-seg ...`, `python -m monai.bundle ...`,
 # `torchrun ... -m monai.bundle ...` or `cggm-seg benchmark gpu ...`.

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "balance": ("methods x seeds x tasks: does balancing help?", _C + "benchmark_balance"),
         "overhead": ("step time and memory of CGGM against joint training", _C + "benchmark_overhead"),
         "gpu": ("GPU cost of the BraTS bundle: loader, training step, inference", _C + "benchmark_gpu"),
+        "data": ("per-case cost and size of the BraTS data paths: none, memory, disk", _C + "benchmark_data"),
     },
     "bundle": {
         "path": ("print the folder of a shipped MONAI bundle", _C + "bundle_path"),

@@ -1,6 +1,10 @@
 """Test-session settings shared by every test module."""
 
+import atexit
 import logging
+import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -8,6 +12,11 @@ import torch
 # The tests use tiny tensors: one thread avoids OpenMP start-up and spin-wait costs, which on a
 # shared 2-core machine made small steps over 30x slower than single-threaded ones.
 torch.set_num_threads(1)
+
+# The BraTS bundle keeps prepared cases in a cache folder shared between runs (``data_path: disk``);
+# the tests' runs, and the commands they start, keep theirs in a folder of their own, not the user's.
+os.environ["CGGM_SEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="cggm-seg-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CGGM_SEG_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,8 @@
 On BraTS-sized synthetic cases (240x240x155, four sequences, written as BraTS 2021 NIfTI folders
 by ``data_prep``'s phantom generator) it measures
 
-* ``loader``: cases/s through the bundle's train transforms and loader, without caching, with
-  MONAI ``CacheDataset`` (memory) and with ``PersistentDataset`` (disk);
+* ``loader``: cases/s out of the bundle's train loader for each ``data_path`` (none, memory, disk;
+  :mod:`cggm_seg.benchmark.data_path`, which also measures each path's cost per case on one core);
 * ``train``: time of a training step of the bundle's own ``SupervisedTrainer`` (AMP, crops of
   ``roi``^3, ``batch`` cases) with the bundle's modulation handler (CGGM) and without it
   (joint training, same network), and the peak GPU memory of each;
@@ -27,21 +27,16 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from cggm_seg.benchmark.data_path import loader_throughput, synthesize
 from cggm_seg.benchmark.run import bundle_parser
 from cggm_seg.benchmark.timing import WARMUP_STEPS, StepTimer, cpu_model, synchronize
-from cggm_seg.brats_labels import SEQUENCES
 from cggm_seg.bundle import bundle_dir
-from data_prep.brats_datalist import FOLDER_LAYOUTS, LABEL_KEY
-from data_prep.synth_brats import brats_affine, case_id, synth_case, write_case
 
 logger = logging.getLogger(__name__)
 
@@ -50,30 +45,12 @@ LAYOUT = "brats2021"
 # Targets: CGGM may cost at most 25% per step; a BraTS volume infers in under 1 s (H100, AMP).
 TARGETS = {"step_time_ratio_max": 1.25, "inference_s_per_case_max": 1.0}
 MIB = 2**20
-
-
-# ------------------------------------------------------------------------------------------- data
-def _write_synthetic_case(out: Path, index: int, shape: tuple[int, int, int], seed: int) -> dict[str, Any]:
-    """One phantom drawn as a cube of the largest edge, centre-cropped to ``shape``; its datalist entry."""
-    edge = max(shape)
-    images, label = synth_case(np.random.default_rng([seed, index]), edge)
-    crop = tuple(slice((edge - s) // 2, (edge - s) // 2 + s) for s in shape)
-    images = {name: np.ascontiguousarray(image[crop]) for name, image in images.items()}
-    folder = write_case(out, LAYOUT, index, images, np.ascontiguousarray(label[crop]), brats_affine(edge))
-    name, layout = case_id(LAYOUT, index), FOLDER_LAYOUTS[LAYOUT]
-    return {
-        "image": [str(folder / layout.file_name(name, s)) for s in SEQUENCES],
-        "label": str(folder / layout.file_name(name, LABEL_KEY)),
-        "case_id": name,
-    }
-
-
-def synthesize(out: Path, cases: int, shape: tuple[int, int, int], seed: int) -> list[dict[str, Any]]:
-    """Write ``cases`` phantoms in parallel (a 240^3 phantom takes seconds of one core)."""
-    out.mkdir(parents=True)
-    with ProcessPoolExecutor(max_workers=min(cases, os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(_write_synthetic_case, out, i, shape, seed) for i in range(cases)]
-        return [f.result() for f in futures]
+#: validation cases as ``evaluate.json`` reads them: whole volumes from the NIfTI files, not the prepared
+#: cases cut to the brain that validation during training reads
+WHOLE_VOLUMES = {
+    "validate#prepare": {"_target_": "Compose", "transforms": "@train#prepare_transforms"},
+    "validate#dataset#data_path": "none",
+}
 
 
 # ----------------------------------------------------------------------------------------- bundle
@@ -85,7 +62,6 @@ def common_overrides(args: argparse.Namespace, entries: list[dict[str, Any]]) ->
         "batch_size": args.batch,
         "label_convention": LAYOUT,
         "split": [entries, entries],
-        "cache_rate": 0.0,
         "epochs": 1,
     }
     if args.workers is not None:
@@ -113,51 +89,6 @@ def release(device: str) -> None:
 
 def peak_memory_mib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / MIB if device == "cuda" else None
-
-
-# ----------------------------------------------------------------------------------------- loader
-def _timed_epochs(loader: Iterable, epochs: int) -> tuple[float, int, dict]:
-    """Seconds for ``epochs`` full passes (worker start-up included, as in training), batches, the first."""
-    start, count, first = time.perf_counter(), 0, None
-    for _ in range(epochs):
-        for batch in loader:
-            first = batch if first is None else first
-            count += 1
-    return time.perf_counter() - start, count, first
-
-
-def loader_throughput(
-    args: argparse.Namespace, overrides: dict[str, Any], cache_dir: Path
-) -> tuple[dict[str, Any], dict]:
-    """Cases/s of the bundle's train loader per caching variant, and one training batch."""
-    variants = {
-        "none": {},
-        "memory": {"cache_rate": 1.0},
-        "disk": {
-            "train#dataset": {
-                "_target_": "PersistentDataset",
-                "data": "$@split[0]",
-                "transform": "@train#preprocessing",
-                "cache_dir": str(cache_dir),
-            }
-        },
-    }
-    results: dict[str, Any] = {}
-    for name, extra in variants.items():
-        parser = bundle_parser([args.config], {**overrides, **extra})
-        start = time.perf_counter()
-        loader = parser.get_parsed_content("train#dataloader")  # CacheDataset fills its cache here
-        fill = time.perf_counter() - start
-        if name == "disk":  # PersistentDataset writes its cache during the first pass
-            fill = _timed_epochs(loader, 1)[0]
-        seconds, batches, batch = _timed_epochs(loader, args.loader_epochs)
-        results[name] = {
-            "cases_per_s": batches * loader.batch_size / seconds,
-            "cache_fill_s": None if name == "none" else fill,
-        }
-        logger.info("loader %s: %.2f cases/s", name, results[name]["cases_per_s"])
-    results["workers"] = loader.num_workers
-    return results, batch
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -199,7 +130,7 @@ def time_inference(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[
     ``amp_kwargs``. One untimed warm-up case lets cuDNN pick its kernels. File reading and writing
     are not included.
     """
-    parser = bundle_parser([args.config], overrides)
+    parser = bundle_parser([args.config], {**overrides, **WHOLE_VOLUMES})
     amp = bool(parser.get_parsed_content("amp"))
     amp_kwargs = parser.get_parsed_content("validate#evaluator#amp_kwargs", default={}) if amp else {}
     network = parser.get_parsed_content("network").eval()
@@ -251,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         overrides = common_overrides(args, entries)
         cudnn_benchmark = configure_cudnn(bundle_parser([args.config], overrides), args.device)
         torch.manual_seed(args.seed)
-        loader, batch = loader_throughput(args, overrides, Path(tmp) / "persistent")
+        loader, batch = loader_throughput(args.config, overrides, Path(tmp) / "cache", args.loader_epochs)
         batch = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         joint = time_training(args, overrides, batch, "none")
         cggm = time_training(args, overrides, batch, "cggm")

@@ -14,19 +14,8 @@ from pathlib import Path
 import torch
 
 from cggm_seg.benchmark.gpu import DEFAULT_CONFIG, run
-from cggm_seg.commands.options import bundle_override
+from cggm_seg.commands.options import bundle_override, parse_shape
 from cggm_seg.errors import UserError
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """``"240,240,155"`` -> ``(240, 240, 155)``."""
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three integers like 240,240,155, got {text!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive integers like 240,240,155, got {text!r}")
-    return shape
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,3 +17,14 @@ def bundle_override(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"240,240,155"`` -> ``(240, 240, 155)``."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three integers like 240,240,155, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers like 240,240,155, got {text!r}")
+    return shape

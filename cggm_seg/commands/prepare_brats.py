@@ -1,16 +1,24 @@
-"""`cggm-seg prepare brats`: validate a BraTS folder and write a k-fold datalist.
+"""`cggm-seg prepare brats`: validate a BraTS folder, write a k-fold datalist and, with ``--cache``, fill
+the bundle's disk cache of prepared cases (``data_path: disk``) ahead of training.
 
-The work is done by :mod:`data_prep.brats_datalist`.
+The datalist is :mod:`data_prep.brats_datalist`'s; the cache is the one training reads
+(:mod:`cggm_seg.data_cache`), built from the bundle's own ``train#prepare`` with the same ``--set``
+overrides a training run would get, so the keys match.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
+from monai.bundle import ConfigParser
 
+from cggm_seg.bundle import ALL_FOLDS, bundle_dir, select_entries
+from cggm_seg.commands.options import bundle_override
+from cggm_seg.data_cache import PreparedCaseDataset, fill_cache
 from cggm_seg.errors import UserError
 from data_prep.brats_datalist import write_datalist
 
@@ -37,6 +45,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write absolute image paths (default: relative to --out's folder, as MONAI reads them)",
     )
+    cache = parser.add_argument_group("disk cache (the BraTS bundle's data_path: disk)")
+    cache.add_argument("--cache", action="store_true", help="prepare every case into the bundle's cache")
+    cache.add_argument(
+        "--cache_dir",
+        default=None,
+        help="cache folder (default: the bundle's, $CGGM_SEG_CACHE_DIR or ~/.cache/cggm-seg)",
+    )
+    cache.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
+    )
+    cache.add_argument(
+        "--set",
+        type=bundle_override,
+        action="append",
+        default=[],
+        metavar="ID=VALUE",
+        help="an override of the training run that changes train#prepare, so the keys match (repeatable)",
+    )
+
+
+def fill_bundle_cache(args: argparse.Namespace) -> None:
+    """Prepare every case of the datalist just written with the bundle's ``train#prepare``."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir("brats_cggm") / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(args.root), "datalist": str(args.out), **dict(args.set)})
+    if args.cache_dir is not None:
+        parser["cache_dir"] = args.cache_dir
+    entries = select_entries(args.out, args.root, "training", ALL_FOLDS)
+    cache = PreparedCaseDataset(
+        entries, parser.get_parsed_content("train#prepare"), parser.get_parsed_content("cache_dir")
+    )
+    size = fill_cache(cache, args.workers)
+    per_case = size / len(entries) / 2**20
+    print(
+        f"cache {cache.cache_dir}: {len(entries)} cases, {size / 2**30:.2f} GiB ({per_case:.1f} MiB a case)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -55,4 +99,6 @@ def main(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {len(datalist['training'])} {datalist['layout']} cases, "
         f"{args.folds} folds of {sizes}" + (f", {len(problems)} problem(s) skipped" if problems else "")
     )
+    if args.cache:
+        fill_bundle_cache(args)
     return 0
