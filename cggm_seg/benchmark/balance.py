@@ -1,18 +1,21 @@
 """The modality-balance benchmark (``cggm-seg benchmark balance``): does CGGM balance the modalities here,
 and at what cost?
 
-Runs every chosen method (``--methods``) with every seed on each task — synthetic BraTS phantoms
-whose T1ce is much easier to learn from than the other sequences, and a synthetic CMU-MOSI task
-whose text carries most of the sentiment — through the tasks' own MONAI bundles, then writes
-``docs/BENCHMARK.md`` (scores mean ± std over seeds, modality reliance, head scores, step-time and
-peak-memory ratios against joint training) and PNG plots beside it in ``docs/benchmark/``.
+Runs every chosen method (``--methods``) with every seed on each task — the built-in ones (synthetic
+BraTS phantoms whose T1ce is much easier to learn from than the other sequences, a synthetic task whose
+text is a partial shortcut), or a user's data set on its bundle (:mod:`cggm_seg.benchmark.own_data`) —
+through the tasks' own MONAI bundles, then writes ``docs/BENCHMARK.md`` (scores mean ± std over seeds,
+modality reliance, head scores, step-time and peak-memory ratios against joint training) and PNG plots
+beside it in ``benchmark/``. A built-in task is its synthetic data plus bundle overrides; a user's is
+the user's data plus the user's overrides; the runner is the same.
 
 Each run is its own process (:mod:`cggm_seg.benchmark.run`), seeds outermost, so slow drifts of a
 shared machine's load hit every method alike. With ``--jobs N`` the seeds' run sequences go N at a
-time (one core and one torch thread each is the fast way to use a small CPU machine); the runs then
-share the machine, so their step times are not quoted: a cost pass follows, in which every method
-trains a few epochs alone, :data:`~cggm_seg.benchmark.timing.COST_REPEATS` times in turn, and the
-page quotes those.
+time, each run on its own GPU where there are GPUs, else one core and one torch thread each (the fast way
+to use a small CPU machine); the runs then share the machine, so their step times are not quoted: a cost
+pass follows, in which every method trains a few epochs alone,
+:data:`~cggm_seg.benchmark.timing.COST_REPEATS` times in turn, and the page quotes those. A benchmark run
+again in its work folder skips the runs that finished (:mod:`cggm_seg.benchmark.work`).
 ``--quick`` shrinks everything to a CI smoke test of the whole pipeline; its numbers mean nothing.
 """
 
@@ -21,18 +24,23 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import shutil
-import threading
+import os
+import queue
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from cggm_seg.benchmark.plan import Progress
 from cggm_seg.benchmark.records import RunRecord
 from cggm_seg.benchmark.run import child_main
-from cggm_seg.benchmark.tasks import SETTINGS, TASKS, Task
+from cggm_seg.benchmark.tasks import Task
 from cggm_seg.benchmark.timing import COST_REPEATS
-from cggm_seg.bundle import bundle_dir
+from cggm_seg.benchmark.work import RESULT, clear_unfinished, finished_record, prepare_data, snapshot_bundles
+from cggm_seg.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +78,7 @@ def _child_context(tasks: list[Task]) -> multiprocessing.context.BaseContext:
 def run_one(context: Any, spec: dict[str, Any], run_dir: Path) -> RunRecord:
     """One run in a child process; its record, or an error quoting the end of its log."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    result, log = run_dir / "result.json", run_dir / "run.log"
+    result, log = run_dir / RESULT, run_dir / "run.log"
     process = context.Process(target=child_main, args=(spec, str(result), str(log)))
     process.start()
     process.join()
@@ -81,15 +89,6 @@ def run_one(context: Any, spec: dict[str, Any], run_dir: Path) -> RunRecord:
             f"(exit code {process.exitcode}); end of {log}:\n{tail}"
         )
     return RunRecord.from_dict(json.loads(result.read_text()))
-
-
-def snapshot_bundles(names: list[str], work: Path) -> Path:
-    """Copy the tasks' bundles into ``work/bundles``: every run reads the same configs, even if the
-    checkout changes while the benchmark runs (the modules are fixed by the fork server's preload)."""
-    root = work / "bundles"
-    for name in dict.fromkeys(names):
-        shutil.copytree(bundle_dir(name), root / name, dirs_exist_ok=True)
-    return root
 
 
 def ordered_methods(task: Task, methods: list[str]) -> list[str]:
@@ -105,123 +104,163 @@ def ordered_methods(task: Task, methods: list[str]) -> list[str]:
     return ordered
 
 
-class _Progress:
-    """Numbers the finished runs for the log, from whichever worker finishes them."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (none on a CPU machine)."""
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [name.strip() for name in listed.split(",") if name.strip()][:count]
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done = total, 0
-        self._lock = threading.Lock()
 
-    def log(self, spec: dict[str, Any], task: Task, result: RunRecord, seconds: float) -> None:
-        with self._lock:
-            self.done += 1
-            what = (
-                f"cost {result.iterations} iterations"
-                if result.cost_only
-                else f"validation {task.score_key} {result.scores['val'][task.score_key]:.4f}, "
-                f"test {result.scores['test'][task.score_key]:.4f}"
-            )
-            logger.info(
-                "[%d/%d] %s %s seed %d: %s (%.0f s)",
-                self.done,
-                self.total,
-                task.name,
-                spec["variant"],
-                spec["seed"],
-                what,
-                seconds,
-            )
+def run_devices(jobs: int, gpus: Sequence[str]) -> list[str | None]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each of the ``jobs`` runs going at once: one GPU each, or None each
+    on a machine without a GPU (the runs then share its cores, ``--threads`` torch threads each)."""
+    if not gpus:
+        return [None] * jobs
+    if jobs > len(gpus):
+        raise UserError(
+            f"--jobs: {jobs} runs at a time need one GPU each; {len(gpus)} are visible ({', '.join(gpus)})"
+        )
+    return list(gpus[:jobs])
+
+
+def _outcome(task: Task, result: RunRecord) -> str:
+    if result.cost_only:
+        return f"cost {result.iterations} iterations"
+    return (
+        f"validation {task.score_key} {result.scores['val'][task.score_key]:.4f}, "
+        f"test {result.scores['test'][task.score_key]:.4f}"
+    )
 
 
 def _spec(
-    task: Task, method: str, seed: int, setting: str, threads: int, bundles: Path, work: Path, **extra: Any
+    task: Task, method: str, seed: int, threads: int, bundles: Path, work: Path, **extra: Any
 ) -> dict[str, Any]:
     """What a child process needs for one run; ``extra`` adds to it or replaces a default (``run_dir``)."""
     runs = work / task.name / "runs"
     source = task.variants()[method].init_from
+    data_dir = task.data_dir(work, seed)
     return {
         "task": task.name,
-        "setting": setting,
+        "setting": task.setting,
         "variant": method,
         "seed": seed,
         "threads": threads,
         "bundles": str(bundles),
-        "data_dir": str(work / task.name / "data" / f"seed{seed}"),
+        "data_dir": str(data_dir) if data_dir else None,
         "run_dir": str(runs / f"{method}_seed{seed}"),
         "init_checkpoint": str(runs / f"{source}_seed{seed}" / "checkpoint_final.pt") if source else None,
         **extra,
     }
 
 
-def run_benchmark(
-    task_names: list[str],
-    methods: list[str],
+def benchmark_runs(
+    tasks: Sequence[Task],
+    methods: Sequence[str],
     seeds: int,
-    setting: str,
+    threads: int,
+    bundles: Path,
+    work: Path,
+    jobs: int,
+) -> tuple[list[tuple[Task, list[dict[str, Any]]]], list[tuple[Task, dict[str, Any]]]]:
+    """Every run of the benchmark, as the runner starts them and ``--plan`` lists them: one sequence of
+    scored runs per (seed, task), the oracle after the run it starts from; with ``jobs`` > 1 then the
+    cost pass, one run at a time, methods in turn, so drifts of the machine's load hit each alike."""
+    sequences = [
+        (
+            task,
+            [
+                _spec(task, m, seed, threads, bundles, work, alone=jobs == 1)
+                for m in ordered_methods(task, methods)
+            ],
+        )
+        for seed in range(seeds)
+        for task in tasks
+    ]
+    cost = [
+        (
+            task,
+            _spec(
+                task,
+                method,
+                0,
+                threads,
+                bundles,
+                work,
+                cost_epochs=task.setting["cost_epochs"],
+                run_dir=str(work / task.name / "cost" / f"{method}_{repeat}"),
+            ),
+        )
+        for repeat in range(COST_REPEATS if jobs > 1 else 0)
+        for task in tasks
+        for method in methods
+    ]
+    return sequences, cost
+
+
+def run_benchmark(
+    tasks: Sequence[Task],
+    methods: Sequence[str],
+    seeds: int,
     threads: int,
     work: Path,
     jobs: int = 1,
+    gpus: Sequence[str] = (),
 ) -> tuple[list[Task], list[RunRecord]]:
-    """Run methods x seeds on every task, each seed on its own data set; the tasks and every run's result.
+    """Run methods x seeds on every task; the tasks (reading the bundles' snapshot) and every run's result.
 
-    Each (seed, task) is one sequence of runs, the oracle after the run it starts from; ``jobs``
-    sequences run at once. With ``jobs`` > 1 the results also hold the cost pass's records.
+    ``jobs`` sequences of runs go at once, each run on its own GPU of ``gpus`` if there are any. A run
+    whose record is in ``work`` already is not run again. With ``jobs`` > 1 the results also hold the
+    cost pass's records.
     """
-    classes = [TASKS[name] for name in task_names]
-    bundles = snapshot_bundles([cls.bundle for cls in classes], work)
-    tasks = [cls(SETTINGS[cls.name][setting], bundles) for cls in classes]
-    sequences = [(seed, task) for seed in range(seeds) for task in tasks]
-    cost_repeats = COST_REPEATS if jobs > 1 else 0
-    progress = _Progress(
-        sum(len(ordered_methods(t, methods)) for _, t in sequences) + cost_repeats * len(tasks) * len(methods)
-    )
+    bundles = snapshot_bundles([task.bundle for task in tasks], work)
+    tasks = [type(task)(task.setting, bundles) for task in tasks]
+    for seed in range(seeds):
+        for task in tasks:
+            prepare_data(task, seed, work)
+    sequences, cost = benchmark_runs(tasks, methods, seeds, threads, bundles, work, jobs)
+    progress = Progress(sum(len(specs) for _, specs in sequences) + len(cost), jobs)
+    devices: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    for device in run_devices(jobs, gpus):
+        devices.put(device)
     context = _child_context(tasks)
 
-    def run(spec: dict[str, Any], task: Task) -> RunRecord:
+    def run(task: Task, spec: dict[str, Any]) -> RunRecord:
+        run_dir = Path(spec["run_dir"])
+        name = f"{task.name} {spec['variant']} seed {spec['seed']}"
+        earlier = finished_record(run_dir)
+        if earlier:
+            progress.log(name, "finished earlier, not run again", earlier.total_s)
+            return earlier
+        clear_unfinished(run_dir)
+        device = devices.get()
         started = time.perf_counter()
-        result = run_one(context, spec, Path(spec["run_dir"]))
-        progress.log(spec, task, result, time.perf_counter() - started)
+        try:
+            result = run_one(context, {**spec, "gpu": device}, run_dir)
+        finally:
+            devices.put(device)
+        progress.log(name, _outcome(task, result), time.perf_counter() - started)
         return result
 
-    def sequence(seed: int, task: Task) -> list[RunRecord]:
-        data_dir = work / task.name / "data" / f"seed{seed}"
-        logger.info("writing the %s data of seed %d to %s", task.name, seed, data_dir)
-        task.prepare(data_dir, seed)
-        return [
-            run(_spec(task, method, seed, setting, threads, bundles, work, alone=jobs == 1), task)
-            for method in ordered_methods(task, methods)
-        ]
+    def sequence(task: Task, specs: list[dict[str, Any]]) -> list[RunRecord]:
+        return [run(task, spec) for spec in specs]
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(sequence, seed, task) for seed, task in sequences]
+        futures = [pool.submit(sequence, task, specs) for task, specs in sequences]
         try:
             results = [result for future in futures for result in future.result()]
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-    for repeat in range(cost_repeats):  # one at a time, methods in turn, so drifts hit each alike
-        for task in tasks:
-            for method in methods:
-                cost_dir = work / task.name / "cost" / f"{method}_{repeat}"
-                spec = _spec(
-                    task,
-                    method,
-                    0,
-                    setting,
-                    threads,
-                    bundles,
-                    work,
-                    cost_epochs=task.setting["cost_epochs"],
-                    run_dir=str(cost_dir),
-                )
-                results.append(run(spec, task))
-    return tasks, results
+    return tasks, results + [run(task, spec) for task, spec in cost]
 
 
-def load_runs(work: Path, task_names: list[str], setting: str) -> tuple[list[Task], list[RunRecord]]:
-    """The tasks and the finished runs' results of an earlier benchmark in ``work`` (nothing is trained)."""
-    paths = sorted(work.glob("*/runs/*/result.json")) + sorted(work.glob("*/cost/*/result.json"))
+def load_runs(work: Path, tasks: Sequence[Task]) -> tuple[list[Task], list[RunRecord]]:
+    """The tasks with finished runs in ``work``, reading its bundles' snapshot, and those runs' records
+    (nothing is trained)."""
+    paths = sorted(work.glob(f"*/runs/*/{RESULT}")) + sorted(work.glob(f"*/cost/*/{RESULT}"))
     results = [RunRecord.from_dict(json.loads(path.read_text())) for path in paths]
-    names = [name for name in task_names if any(r.task == name for r in results)]
-    tasks = [TASKS[name](SETTINGS[name][setting], work / "bundles") for name in names]
-    return tasks, [r for r in results if r.task in names]
+    found = [type(t)(t.setting, work / "bundles") for t in tasks if any(r.task == t.name for r in results)]
+    names = {t.name for t in found}
+    return found, [r for r in results if r.task in names]

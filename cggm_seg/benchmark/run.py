@@ -33,8 +33,10 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from cggm_seg.benchmark.tasks import CONSOLE_HANDLERS, SETTINGS, SPLITS, TASKS, Task, Variant
+from cggm_seg.benchmark.own_data import TASK_TYPES
+from cggm_seg.benchmark.tasks import CONSOLE_HANDLERS, SPLITS, Task, Variant, variant_overrides
 from cggm_seg.benchmark.timing import PeakMemory, StepTimer
+from cggm_seg.io import write_atomic
 from cggm_seg.metrics.reliance import head_scores, modality_reliance
 from cggm_seg.modulation import HeadMonitor, ModalityHeadsHandler, keep_only_modality
 
@@ -67,13 +69,6 @@ def bundle_parser(configs: Sequence[Path], overrides: dict[str, Any]) -> ConfigP
         if handler in parser:
             parser[f"{handler}#_disabled_"] = True
     return parser
-
-
-def variant_overrides(variant: Variant, seed: int) -> dict[str, Any]:
-    """The variant's method and its settings, as a user overrides them (``--cggm#lambda 0.2``)."""
-    overrides: dict[str, Any] = {"modulation": variant.method, "seed": seed}
-    overrides.update({f"{variant.method}#{key}": value for key, value in variant.settings.items()})
-    return overrides
 
 
 def _monitor(parser: ConfigParser) -> HeadMonitor:
@@ -126,7 +121,7 @@ def evaluate_split(
     task: Task,
     variant: Variant,
     overrides: dict[str, Any],
-    data_dir: Path,
+    data_dir: Path | None,
     run_dir: Path,
     split: str,
     heads_handler: ModalityHeadsHandler,
@@ -164,7 +159,7 @@ class _Training:
         task: Task,
         variant: Variant,
         seed: int,
-        data_dir: Path,
+        data_dir: Path | None,
         run_dir: Path,
         schedule: dict[str, Any] | None = None,
         init_checkpoint: Path | None = None,
@@ -203,7 +198,7 @@ def train_and_measure(
     task: Task,
     variant: Variant,
     seed: int,
-    data_dir: Path,
+    data_dir: Path | None,
     run_dir: Path,
     init_checkpoint: Path | None = None,
     alone: bool = True,
@@ -250,7 +245,7 @@ def train_and_measure(
 
 
 def measure_cost(
-    task: Task, variant: Variant, seed: int, data_dir: Path, run_dir: Path, epochs: int
+    task: Task, variant: Variant, seed: int, data_dir: Path | None, run_dir: Path, epochs: int
 ) -> dict[str, Any]:
     """Step times and peak memory of ``epochs`` epochs of ``variant``, without validation or scoring.
 
@@ -277,7 +272,14 @@ def measure_cost(
 
 
 def child_main(spec: dict[str, Any], result_path: str, log_path: str) -> None:
-    """Entry point of the child process: run ``spec``, write the result JSON, log to ``log_path``."""
+    """Entry point of the child process: run ``spec``, log to ``log_path``, and last write the result JSON,
+    atomically: a run is finished when its result exists, and a benchmark run again skips it.
+
+    ``spec["gpu"]`` (the benchmark's ``--jobs`` on a GPU machine) is the one GPU the run sees, set before
+    anything in this process has touched CUDA.
+    """
+    if spec.get("gpu") is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = spec["gpu"]
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -289,15 +291,16 @@ def child_main(spec: dict[str, Any], result_path: str, log_path: str) -> None:
     )
     try:
         torch.set_num_threads(spec["threads"])
-        task = TASKS[spec["task"]](SETTINGS[spec["task"]][spec["setting"]], Path(spec["bundles"]))
+        task = TASK_TYPES[spec["task"]](spec["setting"], Path(spec["bundles"]))
         variant = task.variants()[spec["variant"]]
-        data_dir, run_dir = Path(spec["data_dir"]), Path(spec["run_dir"])
+        data_dir = Path(spec["data_dir"]) if spec["data_dir"] else None
+        run_dir = Path(spec["run_dir"])
         if spec.get("cost_epochs"):
             result = measure_cost(task, variant, spec["seed"], data_dir, run_dir, spec["cost_epochs"])
         else:
             init = Path(spec["init_checkpoint"]) if spec.get("init_checkpoint") else None
             result = train_and_measure(task, variant, spec["seed"], data_dir, run_dir, init, spec["alone"])
-        Path(result_path).write_text(json.dumps(result))
+        write_atomic(result_path, lambda path: path.write_text(json.dumps(result)))
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()

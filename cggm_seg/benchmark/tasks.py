@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cggm_seg.benchmark.stats import classification_collapsed, regression_collapsed, segmentation_collapsed
-from cggm_seg.bundle import bundle_dir, fold_split, select_entries
+from cggm_seg.bundle import bundle_dir, select_entries
+from cggm_seg.errors import UserError
 from cggm_seg.metrics.score_handler import BratsScoreHandler
 from cggm_seg.metrics.summaries import summarise
 
@@ -65,8 +66,16 @@ class Variant:
     init_from: str | None = None
 
 
+def variant_overrides(variant: Variant, seed: int) -> dict[str, Any]:
+    """The variant's method and its settings, as a user overrides them (``--cggm#lambda 0.2``)."""
+    overrides: dict[str, Any] = {"modulation": variant.method, "seed": seed}
+    overrides.update({f"{variant.method}#{key}": value for key, value in variant.settings.items()})
+    return overrides
+
+
 class Task:
-    """A benchmark task: synthetic data with a shortcut modality and a weak one, a bundle, held-out scores."""
+    """A benchmark task: data with a shortcut modality and a weak one (synthetic here, a user's in
+    :mod:`cggm_seg.benchmark.own_data`), a bundle and the overrides it runs with, held-out scores."""
 
     name: ClassVar[str]
     bundle: ClassVar[str]
@@ -79,6 +88,8 @@ class Task:
     score_label: ClassVar[str]
     score_keys: ClassVar[tuple[str, ...]]  # the scores the tables show, score_key first
     val_metric: ClassVar[str]  # the bundle's validation key metric, recorded as the training curve
+    train_data_id: ClassVar[str]  # the bundle's config id of the training cases, counted by the plan
+    data_id: ClassVar[str]  # the bundle's config id of the file that says which data a run reads
 
     def __init__(self, setting: Mapping[str, Any], bundles_root: Path | None = None) -> None:
         self.setting = dict(setting)
@@ -92,8 +103,7 @@ class Task:
     def eval_config(self) -> Path:
         return self.configs / "evaluate.json"
 
-    @classmethod
-    def variants(cls) -> dict[str, Variant]:
+    def variants(self) -> dict[str, Variant]:
         """Every method the benchmark knows, with the settings it uses on this task.
 
         The CGGM rows are the paper's ablation (magnitude only, direction only, both) with the paper's
@@ -103,7 +113,7 @@ class Task:
         remedy closest to pre-training the weak encoder on its own head. OGM-GE's ``alpha`` and the
         MSLR factor are set once here, not tuned.
         """
-        d, w, lam, robust = cls.dominant, cls.weak, cls.paper_lambda, dict(cls.robust)
+        d, w, lam, robust = self.dominant, self.weak, self.paper_lambda, dict(self.robust)
         ablation = {
             "magnitude": {"lambda": 0.0},
             "direction": {"magnitude": False, "lambda": lam},
@@ -155,14 +165,28 @@ class Task:
         """Whether a run's test scores show a collapse (a region at Dice 0, accuracy at chance)."""
         raise NotImplementedError
 
+    def data_dir(self, work: Path, data_seed: int) -> Path | None:
+        """Where :meth:`prepare` writes the data set of one seed; None where the data is the user's."""
+        return work / self.name / "data" / f"seed{data_seed}"
+
     def prepare(self, data_dir: Path, data_seed: int) -> None:
         """Write the synthetic data set of one seed under ``data_dir``."""
         raise NotImplementedError
 
-    def train_overrides(self, data_dir: Path, run_dir: Path) -> dict[str, Any]:
+    def task_overrides(self, data_dir: Path | None) -> dict[str, Any]:
+        """What the task changes in its bundle, as a user's ``--ID VALUE`` would: where the data is, the
+        schedule, the sizes (a user's data set: the user's own, :mod:`cggm_seg.benchmark.own_data`)."""
         raise NotImplementedError
 
-    def eval_overrides(self, data_dir: Path, run_dir: Path, split: str) -> dict[str, Any]:
+    def run_overrides(self, run_dir: Path) -> dict[str, Any]:
+        """What every benchmark run sets: its own output folder, a fresh start, the held-out splits."""
+        raise NotImplementedError
+
+    def train_overrides(self, data_dir: Path | None, run_dir: Path) -> dict[str, Any]:
+        """The bundle overrides of a run: the task's, then the run's."""
+        return {**self.task_overrides(data_dir), **self.run_overrides(run_dir)}
+
+    def eval_overrides(self, data_dir: Path | None, run_dir: Path, split: str) -> dict[str, Any]:
         """Evaluate the final weights of ``run_dir`` on ``split`` (one of :data:`SPLITS`)."""
         raise NotImplementedError
 
@@ -207,6 +231,8 @@ class BratsTask(Task):
     score_label = "mean Dice (WT, TC, ET)"
     score_keys = ("dice_mean", "dice_wt", "dice_tc", "dice_et", "hd95_mean")
     val_metric = "val_mean_dice"
+    train_data_id = "train#dataset#data"
+    data_id = "datalist"
 
     @property
     def data(self) -> BratsData:
@@ -236,21 +262,10 @@ class BratsTask(Task):
         )
         write_datalist(data_dir, data_dir / "datalist.json", s["folds"], data_seed)
 
-    def _split(self, data_dir: Path) -> list[list[dict]]:
-        """(training, validation) entries: neither the test nor the validation fold trains."""
-        datalist = data_dir / "datalist.json"
-        rest, test = fold_split(datalist, data_dir, self.FOLDS["test"])
-        val = select_entries(datalist, data_dir, "training", self.FOLDS["val"])
-        val_ids = {e["case_id"] for e in val}
-        return [[e for e in rest if e["case_id"] not in val_ids], val]
-
-    def train_overrides(self, data_dir: Path, run_dir: Path) -> dict[str, Any]:
+    def task_overrides(self, data_dir: Path | None) -> dict[str, Any]:
         s = self.setting
         return {
             "dataset_dir": str(data_dir),
-            "output_dir": str(run_dir),
-            "split": self._split(data_dir),
-            "resume": False,
             "epochs": s["epochs"],
             "val_interval": s["val_interval"],
             "warmup_epochs": s["warmup_epochs"],
@@ -263,7 +278,16 @@ class BratsTask(Task):
             "network_def#channels": list(s["channels"]),
         }
 
-    def eval_overrides(self, data_dir: Path, run_dir: Path, split: str) -> dict[str, Any]:
+    def run_overrides(self, run_dir: Path) -> dict[str, Any]:
+        """The split is resolved by the bundle from its own ``datalist``, the task's or the user's."""
+        split = {
+            "_target_": f"{__name__}.held_out_split",
+            "datalist": "@datalist",
+            "dataset_dir": "@dataset_dir",
+        }
+        return {"output_dir": str(run_dir), "split": split, "resume": False}
+
+    def eval_overrides(self, data_dir: Path | None, run_dir: Path, split: str) -> dict[str, Any]:
         return {
             **self.train_overrides(data_dir, run_dir),
             "eval_fold": self.FOLDS[split],
@@ -296,6 +320,21 @@ class BratsTask(Task):
         )
 
 
+def held_out_split(datalist: str, dataset_dir: str) -> list[list[dict]]:
+    """The BraTS tasks' ``split``: (training, validation) entries, fold 1 validating, neither it nor the
+    test fold 0 training; a datalist without both and a third fold is one line naming it."""
+    entries = select_entries(datalist, dataset_dir)
+    folds = {int(e.get("fold", -1)) for e in entries}
+    held_out = set(BratsTask.FOLDS.values())
+    if not held_out < folds:
+        raise UserError(
+            f"datalist: the benchmark tests on fold 0, validates on fold 1 and trains on the others; "
+            f"{datalist} has folds {sorted(folds)}: write it with `cggm-seg prepare brats --folds 5`"
+        )
+    train = [e for e in entries if int(e.get("fold", -1)) not in held_out]
+    return [train, [e for e in entries if int(e.get("fold", -1)) == BratsTask.FOLDS["val"]]]
+
+
 class SequenceTask(Task):
     """A task on one of the sequence bundles: a pickle in the MulT layout, scored by ``evaluate.json``.
 
@@ -306,6 +345,8 @@ class SequenceTask(Task):
     dominant = "text"
     weak = "audio"
     paper_lambda = 0.2
+    train_data_id = "train#dataset"
+    data_id = "data_path"
     file_name: ClassVar[str]
 
     def _data_path(self, data_dir: Path) -> Path:
@@ -318,12 +359,10 @@ class SequenceTask(Task):
         data_dir.mkdir(parents=True, exist_ok=True)
         self._write(self._data_path(data_dir), data_seed)
 
-    def train_overrides(self, data_dir: Path, run_dir: Path) -> dict[str, Any]:
+    def task_overrides(self, data_dir: Path | None) -> dict[str, Any]:
         s = self.setting
         return {
             "data_path": str(self._data_path(data_dir)),
-            "output_dir": str(run_dir),
-            "overwrite": True,
             "epochs": s["epochs"],
             "val_interval": s["val_interval"],
             "batch_size": s["batch_size"],
@@ -334,7 +373,10 @@ class SequenceTask(Task):
             "num_workers": 0,
         }
 
-    def eval_overrides(self, data_dir: Path, run_dir: Path, split: str) -> dict[str, Any]:
+    def run_overrides(self, run_dir: Path) -> dict[str, Any]:
+        return {"output_dir": str(run_dir), "overwrite": True}
+
+    def eval_overrides(self, data_dir: Path | None, run_dir: Path, split: str) -> dict[str, Any]:
         return {
             **self.train_overrides(data_dir, run_dir),
             "checkpoint": str(run_dir / "checkpoint_final.pt"),

@@ -166,6 +166,18 @@ def check_comparison(words, work, stdout, changed):
     assert all(0.0 <= c["p_value"] <= 1.0 for c in comparisons), comparisons
 
 
+def check_benchmark(words, work, stdout, changed):
+    """``--plan`` lists runs and writes nothing; a run writes the page, a row for each method it ran."""
+    if "--plan" in words:
+        assert " to run" in stdout and not changed, (stdout, changed)
+        return
+    folder = work / option(words, "--work", f"runs/benchmark_{option(words, '--bundle')}")
+    page = work / option(words, "--out", str(folder / "BENCHMARK.md"))
+    assert page.resolve() in changed, f"{page} was not written"
+    text = page.read_text()
+    assert "| joint |" in text and "### Headroom check" in text, text[:2000]
+
+
 def check_demo(words, work, stdout, changed):
     out = work / option(words, "--out", "demo_output")
     summary = json.loads(written(changed, out, "summary.json")[0].read_text())
@@ -191,6 +203,7 @@ CGGM_SEG_RULES = {
     ("evaluate",): check_folder_scores,
     ("demo",): check_demo,
     ("compare",): check_comparison,
+    ("benchmark", "balance"): check_benchmark,
 }
 
 

@@ -8,6 +8,8 @@ here:
 - ``bundles/NAME/...`` resolves to the bundles the wheel installed (a ``bundles`` link in the folder);
 - data placeholders (``/data/BraTS2021``, ...) become small synthetic folders in the public layout;
 - bundle runs get :data:`SMALL` appended (CPU-sized: one epoch, 16^3 crops), ``torchrun`` two ranks,
+  ``cggm-seg benchmark balance --bundle NAME`` one seed, two methods, one run at a time and the bundle's
+  :data:`SMALL` as ``--set`` overrides,
   ``./run.sh demo`` is ``cggm-seg demo`` (``run.sh`` only adds the checkout's venv) at a tiny size;
 - container commands (an engine's, ``./run.sh image``) and ``./run.sh test`` (this suite's own runner) are
   not run here.
@@ -87,6 +89,10 @@ def adapted(command: Command, work: Path) -> list[str] | str:
         words = [re.sub(r"^--nproc_per_node=\S+$", "--nproc_per_node=2", w) for w in words]
     if "monai.bundle" in words and "run" in words:
         words += SMALL[bundle_of(words)]
+    if words[:3] == ["cggm-seg", "benchmark", "balance"] and "--bundle" in words:
+        small = SMALL[words[words.index("--bundle") + 1]]
+        sets = [w for key, value in zip(small[::2], small[1::2]) for w in ("--set", f"{key[2:]}={value}")]
+        words += ["--seeds", "1", "--methods", "joint", "cggm_both", "--jobs", "1", *sets]
     return words
 
 

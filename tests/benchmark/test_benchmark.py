@@ -143,8 +143,8 @@ def test_parallel_sequences_keep_their_order_and_cost_runs_follow_alone(monkeypa
     monkeypatch.setattr(balance, "run_one", fake_run)
     monkeypatch.setattr(balance, "_child_context", lambda tasks: None)
     monkeypatch.setattr(ShortcutTask, "prepare", lambda self, data_dir, seed: None)
-    methods = ["joint", "oracle", "unimodal_weak"]
-    _, results = balance.run_benchmark(["shortcut"], methods, 2, "quick", 1, tmp_path, jobs=2)
+    methods, tasks = ["joint", "oracle", "unimodal_weak"], [ShortcutTask(SETTINGS["shortcut"]["quick"])]
+    _, results = balance.run_benchmark(tasks, methods, 2, 1, tmp_path, jobs=2)
     scored = [s for s in specs if not s.get("cost_epochs")]
     for seed in (0, 1):
         order = [s["variant"] for s in scored if s["seed"] == seed]
@@ -156,7 +156,7 @@ def test_parallel_sequences_keep_their_order_and_cost_runs_follow_alone(monkeypa
     assert len({s["run_dir"] for s in cost}) == len(cost)  # each cost run its own folder
     assert len(results) == len(specs)
     specs.clear()
-    _, results = balance.run_benchmark(["shortcut"], methods, 1, "quick", 1, tmp_path / "one", jobs=1)
+    _, results = balance.run_benchmark(tasks, methods, 1, 1, tmp_path / "one", jobs=1)
     assert [s["alone"] for s in specs] == [True] * 3 and not any(s.get("cost_epochs") for s in specs)
 
 
@@ -289,7 +289,7 @@ def test_every_variant_is_a_method_the_factory_knows_with_its_settings():
     from cggm_seg.modulation import METHODS, method_settings
 
     for name in TASKS:
-        for variant in TASKS[name].variants().values():
+        for variant in TASKS[name](SETTINGS[name]["quick"]).variants().values():
             assert variant.method in METHODS
             if variant.settings:  # entries of the method's block in the bundle
                 assert set(variant.settings) <= set(method_settings(variant.method)), variant.name
@@ -356,7 +356,7 @@ def test_quick_benchmark_writes_the_report(tmp_path):
     assert "`--quick` run" in text and "Command: `cggm-seg benchmark balance --quick --seeds 1" in text
     assert "--threads 1 --jobs 2" in text and "1 torch thread(s) per run, 2 run(s) at a time" in text
     assert "## Rules, fixed before the results" in text
-    methods = list(TASKS["brats"].variants())
+    methods = list(TASKS["brats"](SETTINGS["brats"]["quick"]).variants())
     for task in ("brats", "shortcut"):
         assert f"## {task}" in text and "### Headroom check" in text
         for kind in ("validation", "utilisation", "coeff", "reliance"):
