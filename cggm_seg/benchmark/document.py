@@ -45,6 +45,18 @@ ESTIMATORS = {
 QUICK_NOTE = "\n**`--quick` run: a smoke test of the pipeline on tiny data; these numbers mean nothing.**\n"
 
 
+def pairing(tasks: list[Task]) -> str:
+    """Where a seed's data comes from: drawn per seed on the synthetic tasks, the user's on their own."""
+    own = [t.name for t in tasks if t.data_dir(Path(), 0) is None]
+    drawn = [t.name for t in tasks if t.name not in own]
+    if not own:
+        return "Seed *s* draws its own data set (data seed *s*)"
+    if not drawn:
+        return "Every seed *s* reads the same data, the user's,"
+    drawn_text, own_text = ", ".join(drawn), ", ".join(own)
+    return f"On {drawn_text} seed *s* draws its own data set; on {own_text} every seed *s* reads the user's,"
+
+
 def page_template() -> Template:
     """The page with its fixed prose, shipped as package data so the text is edited as markdown."""
     page = resources.files("cggm_seg.benchmark") / "templates" / "benchmark.md"
@@ -346,6 +358,7 @@ def write_benchmark(
     cost_only = sum(r.cost_only for r in records)
     text = page_template().substitute(
         quick=QUICK_NOTE if quick else "",
+        pairing=pairing(tasks),
         command=command,
         cpu=machine["cpu"],
         nproc=machine["nproc"],

@@ -251,6 +251,7 @@ def test_a_killed_benchmark_continues_without_repeating_a_finished_run(dataset, 
     page = (work / "BENCHMARK.md").read_text()
     assert "## brats_cggm" in page and "| joint |" in page and "| cggm_both |" in page
     assert "--bundle brats_cggm --dataset_dir" in page and "--set epochs=2" in page
+    assert "Every seed *s* reads the same data, the user's," in page  # not "draws its own data set"
     results = json.loads((work / "benchmark" / "results.json").read_text())
     assert sorted(r["variant"] for r in results["runs"]) == sorted(METHODS)
 
