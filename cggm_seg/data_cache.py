@@ -1,4 +1,4 @@
-"""Where the BraTS bundle's prepared cases live between epochs: the ``data_path`` setting.
+"""Where the BraTS bundle's prepared cases live between epochs: the ``data_cache`` setting.
 
 Reading, reorienting, normalising and cropping four 240x240x155 sequences costs more than a second of
 one core per case, every epoch, when nothing is cached; a float32 copy of a case in memory is about
@@ -34,7 +34,7 @@ from tqdm import tqdm
 from cggm_seg.errors import UserError
 from cggm_seg.io import atomic_path
 
-DATA_PATHS = ("none", "memory", "disk")
+DATA_CACHES = ("none", "memory", "disk")
 #: environment variable that moves the default cache folder (e.g. to fast local disk in a container)
 CACHE_ENV = "CGGM_SEG_CACHE_DIR"
 
@@ -121,7 +121,7 @@ def fill_cache(cache: PreparedCaseDataset, workers: int) -> int:
 
 
 def case_dataset(
-    data_path: str,
+    data_cache: str,
     data: Sequence,
     prepare: Callable,
     augment: Callable | None,
@@ -129,15 +129,15 @@ def case_dataset(
     cache_rate: float = 1.0,
     num_workers: int = 0,
 ) -> Dataset:
-    """The dataset ``data_path`` names: ``prepare`` kept there, then ``augment`` on every draw."""
-    if data_path == "none":
+    """The dataset ``data_cache`` names: ``prepare`` kept there, then ``augment`` on every draw."""
+    if data_cache == "none":
         prepared = Dataset(data, prepare)
-    elif data_path == "memory":
+    elif data_cache == "memory":
         prepared = CacheDataset(data, prepare, cache_rate=cache_rate, num_workers=num_workers, progress=False)
-    elif data_path == "disk":
+    elif data_cache == "disk":
         if not cache_dir:
-            raise UserError("data_path 'disk' needs a cache_dir: set --cache_dir DIR")
+            raise UserError("data_cache 'disk' needs a cache_dir: set --cache_dir DIR")
         prepared = PreparedCaseDataset(data, prepare, cache_dir)
     else:
-        raise UserError(f"data_path must be one of {', '.join(DATA_PATHS)}, not {data_path!r}")
+        raise UserError(f"data_cache must be one of {', '.join(DATA_CACHES)}, not {data_cache!r}")
     return Dataset(prepared, augment or Compose([]))

@@ -13,7 +13,7 @@ import torch
 # shared 2-core machine made small steps over 30x slower than single-threaded ones.
 torch.set_num_threads(1)
 
-# The BraTS bundle keeps prepared cases in a cache folder shared between runs (``data_path: disk``);
+# The BraTS bundle keeps prepared cases in a cache folder shared between runs (``data_cache: disk``);
 # the tests' runs, and the commands they start, keep theirs in a folder of their own, not the user's.
 os.environ["CGGM_SEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="cggm-seg-test-cache-")
 atexit.register(shutil.rmtree, os.environ["CGGM_SEG_CACHE_DIR"], ignore_errors=True)

@@ -3,8 +3,8 @@
 On BraTS-sized synthetic cases (240x240x155, four sequences, written as BraTS 2021 NIfTI folders
 by ``data_prep``'s phantom generator) it measures
 
-* ``loader``: cases/s out of the bundle's train loader for each ``data_path`` (none, memory, disk;
-  :mod:`cggm_seg.benchmark.data_path`, which also measures each path's cost per case on one core);
+* ``loader``: cases/s out of the bundle's train loader for each ``data_cache`` setting (none, memory, disk;
+  :mod:`cggm_seg.benchmark.data_bench`, which also measures each path's cost per case on one core);
 * ``train``: time of a training step of the bundle's own ``SupervisedTrainer`` (AMP, crops of
   ``roi``^3, ``batch`` cases) with the bundle's modulation handler (CGGM) and without it
   (joint training, same network), and the peak GPU memory of each;
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from cggm_seg.benchmark.data_path import loader_throughput, synthesize
+from cggm_seg.benchmark.data_bench import loader_throughput, synthesize
 from cggm_seg.benchmark.run import bundle_parser
 from cggm_seg.benchmark.timing import WARMUP_STEPS, StepTimer, cpu_model, synchronize
 from cggm_seg.bundle import bundle_dir
@@ -49,7 +49,7 @@ MIB = 2**20
 #: cases cut to the brain that validation during training reads
 WHOLE_VOLUMES = {
     "validate#prepare": {"_target_": "Compose", "transforms": "@train#prepare_transforms"},
-    "validate#dataset#data_path": "none",
+    "validate#dataset#data_cache": "none",
 }
 
 

@@ -272,7 +272,7 @@ class BratsTask(Task):
             "batch_size": s["batch_size"],
             "roi_size": [s["size"]] * 3,
             "num_workers": 0,
-            "data_path": "memory",
+            "data_cache": "memory",
             "learning_rate": s["learning_rate"],
             "head_learning_rate": s["head_learning_rate"],
             "network_def#channels": list(s["channels"]),

@@ -1,6 +1,6 @@
-"""`cggm-seg benchmark data`: seconds of one core and bytes per BraTS case for each ``data_path``, as JSON.
+"""`cggm-seg benchmark data`: seconds of one core and bytes per BraTS case for each ``data_cache``, as JSON.
 
-See :mod:`cggm_seg.benchmark.data_path` and docs/PERFORMANCE.md. At tiny sizes it checks the bench
+See :mod:`cggm_seg.benchmark.data_bench` and docs/PERFORMANCE.md. At tiny sizes it checks the bench
 itself, e.g. ``--size 32,32,24 --roi 16 --cases 2``.
 """
 
@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from cggm_seg.benchmark.data_path import run
+from cggm_seg.benchmark.data_bench import run
 from cggm_seg.benchmark.gpu import DEFAULT_CONFIG
 from cggm_seg.commands.options import bundle_override, parse_shape
 from cggm_seg.errors import UserError

@@ -49,7 +49,7 @@ def demo_overrides(size: int, epochs: int, seed: int, modulation: str) -> dict[s
         "roi_size": [min(size, DEMO_ROI)] * 3,
         "batch_size": 2,
         "num_workers": 0,
-        "data_path": "memory",
+        "data_cache": "memory",
         "seed": seed,
         "network_def#channels": [8, 16, 32, 64],
         "optimizer": {

@@ -1,5 +1,5 @@
 """`cggm-seg prepare brats`: validate a BraTS folder, write a k-fold datalist and, with ``--cache``, fill
-the bundle's disk cache of prepared cases (``data_path: disk``) ahead of training.
+the bundle's disk cache of prepared cases (``data_cache: disk``) ahead of training.
 
 The datalist is :mod:`data_prep.brats_datalist`'s; the cache is the one training reads
 (:mod:`cggm_seg.data_cache`), built from the bundle's own ``train#prepare`` with the same ``--set``
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write absolute image paths (default: relative to --out's folder, as MONAI reads them)",
     )
-    cache = parser.add_argument_group("disk cache (the BraTS bundle's data_path: disk)")
+    cache = parser.add_argument_group("disk cache (the BraTS bundle's data_cache: disk)")
     cache.add_argument("--cache", action="store_true", help="prepare every case into the bundle's cache")
     cache.add_argument(
         "--cache_dir",

@@ -1,4 +1,4 @@
-"""The BraTS bundle's data paths (``data_path: none | memory | disk``): same input, compact, safe cache."""
+"""The BraTS bundle's data paths (``data_cache: none | memory | disk``): same input, compact, safe cache."""
 
 from __future__ import annotations
 
@@ -54,11 +54,11 @@ def draws(parser: ConfigParser, dataset_id: str, seed: int = 0) -> list[dict]:
 
 
 @pytest.mark.parametrize("dataset_id", ["train#dataset", "validate#dataset"])
-def test_every_data_path_gives_the_network_the_same_tensors(brats: Path, tmp_path: Path, dataset_id: str):
+def test_every_data_cache_gives_the_network_the_same_tensors(brats: Path, tmp_path: Path, dataset_id: str):
     paths = ("none", "memory", "disk")
-    items = {path: draws(parser_for(brats, tmp_path, data_path=path), dataset_id) for path in paths}
+    items = {path: draws(parser_for(brats, tmp_path, data_cache=path), dataset_id) for path in paths}
     # the disk path twice: the first draw prepares and writes, the second reads the file back
-    items["disk again"] = draws(parser_for(brats, tmp_path, data_path="disk"), dataset_id)
+    items["disk again"] = draws(parser_for(brats, tmp_path, data_cache="disk"), dataset_id)
     reference = items.pop("none")
     for path, got in items.items():
         for expected, item in zip(reference, got, strict=True):
@@ -93,12 +93,12 @@ def test_prepared_case_holds_the_uncached_pipelines_voxels(brats: Path, tmp_path
 
 
 def test_cache_key_follows_files_and_transforms(brats: Path, tmp_path: Path):
-    parser = parser_for(brats, tmp_path, data_path="disk")
+    parser = parser_for(brats, tmp_path, data_cache="disk")
     entry = parser.get_parsed_content("split")[0][0]
     prepare = parser.get_parsed_content("train#prepare")
     first = PreparedCaseDataset([entry], prepare, tmp_path / "cache").cache_file(entry)
 
-    changed = parser_for(brats, tmp_path, data_path="disk")
+    changed = parser_for(brats, tmp_path, data_cache="disk")
     changed["train#prepare_transforms#4#nonzero"] = False  # NormalizeIntensityd over the whole volume
     other = PreparedCaseDataset([entry], changed.get_parsed_content("train#prepare"), tmp_path / "cache")
     assert other.cache_file(entry) != first
@@ -113,7 +113,7 @@ def test_cache_key_is_the_same_in_a_fresh_process(brats: Path, tmp_path: Path):
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "from test_data_cache import parser_for; from cggm_seg.data_cache import PreparedCaseDataset;"
-        "from pathlib import Path; p = parser_for(Path(sys.argv[2]), Path(sys.argv[3]), data_path='disk');"
+        "from pathlib import Path; p = parser_for(Path(sys.argv[2]), Path(sys.argv[3]), data_cache='disk');"
         "e = p.get_parsed_content('split')[0][0];"
         "d = PreparedCaseDataset([e], p.get_parsed_content('train#prepare'), sys.argv[3]);"
         "print(d.cache_file(e).name)"
@@ -132,7 +132,7 @@ def test_cache_key_is_the_same_in_a_fresh_process(brats: Path, tmp_path: Path):
 
 
 def test_a_failed_write_leaves_no_file_that_is_read_later(brats: Path, tmp_path: Path, monkeypatch):
-    parser = parser_for(brats, tmp_path, data_path="disk")
+    parser = parser_for(brats, tmp_path, data_cache="disk")
     entries = parser.get_parsed_content("split")[0]
     dataset = PreparedCaseDataset(entries, parser.get_parsed_content("train#prepare"), tmp_path / "cache")
     real_save = torch.save
@@ -152,10 +152,10 @@ def test_a_failed_write_leaves_no_file_that_is_read_later(brats: Path, tmp_path:
     assert torch.equal(dataset[0]["image"], resumed["image"])
 
 
-def test_unknown_data_path_is_one_line_naming_the_setting():
-    with pytest.raises(UserError, match=r"^data_path must be one of none, memory, disk, not 'ram'$"):
+def test_unknown_data_cache_is_one_line_naming_the_setting():
+    with pytest.raises(UserError, match=r"^data_cache must be one of none, memory, disk, not 'ram'$"):
         case_dataset("ram", [], None, None, "")
-    with pytest.raises(UserError, match="data_path 'disk' needs a cache_dir"):
+    with pytest.raises(UserError, match="data_cache 'disk' needs a cache_dir"):
         case_dataset("disk", [], None, None, "")
 
 

@@ -1,4 +1,4 @@
-"""What each ``data_path`` of the BraTS bundle costs per case (``cggm-seg benchmark data``).
+"""What each ``data_cache`` setting of the BraTS bundle costs per case (``cggm-seg benchmark data``).
 
 On BraTS-sized synthetic cases (240x240x155, four sequences and a label as BraTS 2021 ``.nii.gz``
 folders) and with the bundle's own ``train#prepare`` and ``train#augment`` transforms it measures
@@ -34,7 +34,7 @@ import torch
 from cggm_seg.benchmark.run import bundle_parser
 from cggm_seg.benchmark.timing import cpu_model
 from cggm_seg.brats_labels import SEQUENCES
-from cggm_seg.data_cache import DATA_PATHS, PreparedCaseDataset
+from cggm_seg.data_cache import DATA_CACHES, PreparedCaseDataset
 from data_prep.brats_datalist import FOLDER_LAYOUTS, LABEL_KEY
 from data_prep.synth_brats import brats_affine, case_id, synth_case, write_case
 
@@ -155,19 +155,19 @@ def loader_throughput(
     cost is ``cache_fill_s``, and the timed passes follow it.
     """
     results: dict[str, Any] = {}
-    for data_path in DATA_PATHS:
-        parser = bundle_parser([config], {**overrides, "data_path": data_path, "cache_dir": str(cache_dir)})
+    for setting in DATA_CACHES:
+        parser = bundle_parser([config], {**overrides, "data_cache": setting, "cache_dir": str(cache_dir)})
         fill, loader = _seconds(lambda parser=parser: parser.get_parsed_content("train#dataloader"))
-        if data_path == "disk":
+        if setting == "disk":
             fill = _timed_epochs(loader, 1)[0]
         seconds, batches, batch = _timed_epochs(loader, epochs)
         cases_per_s = batches * loader.batch_size / seconds
-        results[data_path] = {
+        results[setting] = {
             "cases_per_s": cases_per_s,
             "steps_per_s_fed": cases_per_s / loader.batch_size,
-            "cache_fill_s": None if data_path == "none" else fill,
+            "cache_fill_s": None if setting == "none" else fill,
         }
-        logger.info("loader %s: %.2f cases/s", data_path, cases_per_s)
+        logger.info("loader %s: %.2f cases/s", setting, cases_per_s)
     results["workers"] = loader.num_workers
     results["batch_size"] = loader.batch_size
     return results, batch
