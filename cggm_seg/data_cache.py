@@ -15,6 +15,7 @@ All three give the network the same tensors: only where ``prepare``'s result is 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -66,6 +67,19 @@ def case_files_hash(item: dict[str, Any]) -> bytes:
     return hashlib.sha256(text.encode()).hexdigest().encode()
 
 
+def _check_writable(folder: Path) -> None:
+    """A cache folder that cannot be written is one line naming it, not a loader worker's traceback."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as err:
+        raise UserError(
+            f"cache_dir {folder}: cannot write there ({err.strerror or err}); "
+            "set --cache_dir to a writable folder, or --data_cache memory"
+        ) from None
+
+
 class PreparedCaseDataset(PersistentDataset):
     """MONAI's ``PersistentDataset`` with the three things a full BraTS set on a GPU machine needs.
 
@@ -79,6 +93,7 @@ class PreparedCaseDataset(PersistentDataset):
     """
 
     def __init__(self, data: Sequence, transform: Callable, cache_dir: str | os.PathLike) -> None:
+        _check_writable(Path(cache_dir))
         super().__init__(data, transform, cache_dir, hash_func=case_files_hash, hash_transform=pickle_hashing)
 
     def cache_file(self, item: dict[str, Any]) -> Path:

@@ -159,6 +159,13 @@ def test_unknown_data_cache_is_one_line_naming_the_setting():
         case_dataset("disk", [], None, None, "")
 
 
+def test_a_cache_folder_that_cannot_be_written_is_one_line(tmp_path: Path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the folder should be: no user, root included, can write in it
+    with pytest.raises(UserError, match=rf"^cache_dir {blocked / 'cache'}: cannot write there \(.+\); set"):
+        case_dataset("disk", [], None, None, blocked / "cache")
+
+
 def test_default_cache_folder_follows_the_environment(monkeypatch, tmp_path: Path):
     monkeypatch.setenv(data_cache.CACHE_ENV, str(tmp_path / "c"))
     assert data_cache.default_cache_dir() == str(tmp_path / "c")
