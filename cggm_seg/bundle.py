@@ -34,6 +34,14 @@ def bundles_root() -> Path:
     return Path(str(importlib.resources.files("cggm_seg") / "bundles")).resolve()
 
 
+def config_label(config: str | Path) -> str:
+    """A shipped bundle's config as ``bundles/NAME/configs/FILE`` (the same on every machine, so a
+    measurement's JSON names it the same way everywhere), any other config as given."""
+    path = Path(config).resolve()
+    root = bundles_root()
+    return f"bundles/{path.relative_to(root).as_posix()}" if path.is_relative_to(root) else str(config)
+
+
 def bundle_names() -> list[str]:
     """The shipped bundles, by folder name."""
     return sorted(p.name for p in bundles_root().iterdir() if (p / "configs" / "metadata.json").is_file())

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "balance": ("methods x seeds x tasks: does balancing help?", _C + "benchmark_balance"),
         "overhead": ("step time and memory of CGGM against joint training", _C + "benchmark_overhead"),
         "gpu": ("GPU cost of the BraTS bundle: loader, training step, inference", _C + "benchmark_gpu"),
+        "cost": ("FLOPs and memory of a training step and of inference, counted", _C + "benchmark_cost"),
         "data": ("per-case cost and size of the BraTS data paths: none, memory, disk", _C + "benchmark_data"),
     },
     "bundle": {

@@ -34,6 +34,7 @@ import torch
 from cggm_seg.benchmark.run import bundle_parser
 from cggm_seg.benchmark.timing import cpu_model
 from cggm_seg.brats_labels import SEQUENCES
+from cggm_seg.bundle import config_label
 from cggm_seg.data_cache import DATA_CACHES, PreparedCaseDataset
 from data_prep.brats_datalist import FOLDER_LAYOUTS, LABEL_KEY
 from data_prep.synth_brats import brats_affine, case_id, synth_case, write_case
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "repeats": args.repeats,
             "loader_epochs": args.loader_epochs,
             "brain_edge": min(BRAIN_EDGE, max(args.size)),
-            "config": str(args.config),
+            "config": config_label(args.config),
             "set": dict(args.set),
         },
         "float32_case_mib": (len(SEQUENCES) + 3) * 4 * int(np.prod(args.size)) / MIB,

@@ -36,7 +36,7 @@ from monai.bundle import ConfigParser
 from cggm_seg.benchmark.data_bench import loader_throughput, synthesize
 from cggm_seg.benchmark.run import bundle_parser
 from cggm_seg.benchmark.timing import WARMUP_STEPS, StepTimer, cpu_model, synchronize
-from cggm_seg.bundle import bundle_dir
+from cggm_seg.bundle import bundle_dir, config_label
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup": WARMUP_STEPS,
             "cases": args.cases,
             "loader_epochs": args.loader_epochs,
-            "config": str(args.config),
+            "config": config_label(args.config),
             "set": dict(args.set),
         },
         "synthesis_s": synthesis,

@@ -20,6 +20,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
+from cggm_seg.networks.heads import on_grid
 from cggm_seg.networks.masking import blanked, check_fill
 from cggm_seg.networks.utils import submodule, unwrap
 
@@ -113,7 +114,8 @@ def head_scores(
             network(inputs)
             size = int(target.shape[0])
             for i, head in enumerate(heads):
-                totals[i] += float(metric(head(captured[i]), target)) * size
+                prediction = head(captured[i])
+                totals[i] += float(metric(prediction, on_grid(target, prediction))) * size
             count += size
     finally:
         for handle in handles:

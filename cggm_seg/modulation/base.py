@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from cggm_seg.errors import UserError
+from cggm_seg.networks.heads import on_grid
 from cggm_seg.networks.utils import encoder_parameters, submodule, unwrap
 
 logger = logging.getLogger(__name__)
@@ -48,15 +49,23 @@ def amp_scaler(engine: Engine) -> Any:
 def _detached(value: Any) -> Any:
     """Detach every tensor of an encoder output (tensor, sequence or dict), dropping MONAI metadata.
 
-    Floating tensors become float32: the heads run outside autocast (see ``_measure``).
+    The dtype stays: under autocast the fp32 copy for the heads is made when a head runs (``_measure``),
+    so the step never holds fp32 copies of every encoder's features at once.
     """
 
     def leaf(t: Any) -> Any:
         if isinstance(t, MetaTensor):
             t = t.as_tensor()
-        if not isinstance(t, torch.Tensor):
-            return t
-        return t.detach().float() if t.is_floating_point() else t.detach()
+        return t.detach() if isinstance(t, torch.Tensor) else t
+
+    return tree_map(leaf, value)
+
+
+def _float32(value: Any) -> Any:
+    """Floating tensors of ``value`` as float32: the heads run outside autocast (see ``_measure``)."""
+
+    def leaf(t: Any) -> Any:
+        return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
 
     return tree_map(leaf, value)
 
@@ -207,9 +216,13 @@ class ModalityHeadsHandler(NetworkHandler):
         return f"warm-up={self.warmup_iterations}"
 
     def _capture_hook(self, index: int) -> Callable:
+        # a head that reads only part of its encoder's output (``ModalityHead.reads``) gets only that
+        # part kept, so the rest is freed as soon as the network is done with it
+        reads = getattr(self.heads[index], "reads", None)
+
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if module.training:
-                self._features[index] = _detached(output)
+                self._features[index] = _detached(reads(output) if reads else output)
 
         return hook
 
@@ -219,6 +232,11 @@ class ModalityHeadsHandler(NetworkHandler):
 
     def _measure(self, engine: Engine, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heads forward and backward on this batch (not stepped): per-modality (utilisation, loss).
+
+        One head at a time, each backward before the next forward: the gradients are those of the
+        heads' summed loss (no head reads another's parameters), but the step holds one head's graph
+        instead of M while the network's graph waits for its backward pass. A head that predicts on a
+        coarser grid is scored against the target sampled to its grid (``networks.heads.on_grid``).
 
         Under DDP the utilisation, the losses and the head gradients are averaged over the ranks, so
         every rank computes the same coefficients (whichever rule reads them) and keeps the same heads.
@@ -230,16 +248,22 @@ class ModalityHeadsHandler(NetworkHandler):
         loss_fn = self.head_loss or engine.loss_function
         self.heads.train()
         self.head_optimizer.zero_grad(set_to_none=True)
-        # fp32 even under AMP: no GradScaler scales the heads' loss, and per-voxel Dice gradients over
-        # 128^3 crops (~1e-8) fall below fp16's range. The heads are light, so this costs little.
-        with torch.autocast(self._device.type, enabled=False):
-            predictions = [head(features) for head, features in zip(self.heads, self._features)]
-            losses = torch.stack([loss_fn(p, target).mean() for p in predictions])
-        self._features = [None] * len(self._features)
-        losses.sum().backward()
-        with torch.no_grad():
-            utilisation = self._score([p.detach() for p in predictions], target, losses.detach())
-        utilisation, losses = self._all_reduce_heads(torch.stack([utilisation, losses.detach()]))
+        features, self._features = self._features, [None] * len(self._features)
+        scores, losses = [], []
+        for i, head in enumerate(self.heads):
+            # fp32 even under AMP: no GradScaler scales the heads' loss, and per-voxel Dice gradients over
+            # 128^3 crops (~1e-8) fall below fp16's range. The heads are light, so this costs little.
+            with torch.autocast(self._device.type, enabled=False):
+                prediction = head(_float32(features[i]))
+                head_target = on_grid(target, prediction)
+                loss = loss_fn(prediction, head_target).mean()
+            features[i] = None
+            loss.backward()
+            with torch.no_grad():
+                scores.append(self._score([prediction.detach()], head_target, loss.detach()[None]))
+            losses.append(loss.detach())
+        measured = torch.stack([torch.cat(scores), torch.stack(losses)])
+        utilisation, losses = self._all_reduce_heads(measured)
         return utilisation, losses
 
     def _score(

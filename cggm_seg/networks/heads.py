@@ -16,21 +16,25 @@ import torch.nn.functional as F
 from monai.networks.layers import get_act_layer
 from torch import nn
 
-DEFAULT_ACT: tuple = ("leakyrelu", {"negative_slope": 0.01})
+#: in place: the activation's output replaces the norm's, so autograd keeps one map where it kept two
+#: (leaky ReLU's gradient reads the same signs from its output as from its input)
+DEFAULT_ACT: tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
 
 
 class ModalityHead(nn.Module):
-    """Maps one encoder's per-level features (finest first) to logits at the finest resolution.
+    """Maps one encoder's per-level features (finest first) to logits on the grid of level ``level``.
 
-    Each level is projected to ``hidden`` channels by a 1x1x1 conv, upsampled (trilinear)
-    and summed, then passed through the nonlinearity and ``output_layer``. ``refine`` > 0 adds that
-    many 3x3x3 conv + nonlinearity blocks at the finest level first: a small decoder, for heads that
-    must see spatial context to score a modality fairly (the light default sees one voxel).
+    Each level from ``level`` on is projected to ``hidden`` channels by a 1x1x1 conv, upsampled
+    (trilinear) and summed, then passed through the nonlinearity and ``output_layer``. ``refine`` > 0
+    adds that many 3x3x3 conv + nonlinearity blocks first: a small decoder, for heads that must see
+    spatial context to score a modality fairly (the light default sees one voxel).
 
-    ``level`` > 0 makes the head compute at that encoder level's resolution: the finer levels are
-    not read, and only the ``out_channels`` logits are upsampled to the finest resolution, instead of
-    ``hidden`` channels. On 3D volumes the full-resolution upsampling dominated the heads' cost
-    (``docs/METHOD.md``, *Cheaper heads*); level 1 does that work on an eighth of the voxels.
+    ``level`` > 0 makes the head read only that level and the coarser ones and predict on that
+    level's grid, where it is scored against the target sampled to the same grid
+    (:func:`on_grid`). On 3D volumes the heads' full-resolution work dominated their cost: the
+    upsampling (``docs/METHOD.md``, *Cheaper heads*) and then the loss, whose graph kept about
+    0.45 GiB a head at 128^3, batch 2 (``docs/PERFORMANCE.md``, *Step cost*); level 1 does it all on
+    an eighth of the voxels.
 
     ``output_layer`` has the same weight shape as the network's fusion output layer, which
     the "weights" direction mode of CGGM compares directly.
@@ -65,7 +69,12 @@ class ModalityHead(nn.Module):
         )
         self.output_layer = nn.Conv3d(hidden, out_channels, kernel_size=1)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def reads(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+        """``features`` with the levels this head does not read replaced by ``None``: what a handler
+        that keeps an encoder's output for the head until after the forward pass needs to keep."""
+        return [None] * self.level + list(features[self.level :])
+
+    def forward(self, features: Sequence[torch.Tensor | None]) -> torch.Tensor:
         if len(features) != self.levels:
             raise ValueError(
                 f"ModalityHead expects {self.levels} feature levels (finest first), got {len(features)}."
@@ -77,10 +86,15 @@ class ModalityHead(nn.Module):
         for projection, feature in zip(self.projections[-2::-1], read[-2::-1], strict=True):
             upsampled = F.interpolate(summed, size=feature.shape[2:], mode="trilinear", align_corners=False)
             summed = upsampled + projection(feature)
-        logits = self.output_layer(self.refine(self.act(summed)))
-        if self.level:
-            logits = F.interpolate(logits, size=features[0].shape[2:], mode="trilinear", align_corners=False)
-        return logits
+        return self.output_layer(self.refine(self.act(summed)))
+
+
+def on_grid(target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+    """``target`` sampled (nearest) to the spatial grid of a head's coarser ``prediction``; unchanged
+    when the grids agree or the target has no spatial axes (the sequence tasks)."""
+    if target.ndim < 3 or target.ndim != prediction.ndim or target.shape[2:] == prediction.shape[2:]:
+        return target
+    return F.interpolate(target, size=prediction.shape[2:], mode="nearest")
 
 
 class ModalityHeads(nn.ModuleList):

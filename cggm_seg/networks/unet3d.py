@@ -7,6 +7,11 @@ fusion, decoder and output layer together are the paper's fusion module Omega.
 
 The network compiles with ``torch.jit.script`` (``python -m monai.bundle ckpt_export`` with its
 defaults), so its forward code keeps to what TorchScript accepts.
+
+What a training step keeps for the backward pass (``cggm-seg benchmark cost``, docs/PERFORMANCE.md)
+is mostly the M encoders' full-resolution maps: the activations work in place, the concat fusion
+convolves each modality's slice of its weight instead of copying the M maps into one tensor, and
+``checkpoint_encoders`` recomputes the encoders in the backward pass instead of keeping their maps.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution, UnetResBlock, UnetUpBlock
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cggm_seg.networks.heads import DEFAULT_ACT, ModalityHeads, segmentation_heads
 
@@ -29,7 +36,13 @@ DEFAULT_NORM: tuple = ("instance", {"affine": True})
 
 
 class ModalityEncoder(nn.Module):
-    """Encodes one single-channel volume into per-level features, finest (full resolution) first."""
+    """Encodes one single-channel volume into per-level features, finest (full resolution) first.
+
+    With ``checkpointed`` a training forward keeps only the input for the backward pass and runs the
+    levels again there (activation checkpointing): same gradients, about a third more encoder FLOPs.
+    A forward hook on the encoder still fires once per step: the recomputation calls the levels,
+    not the encoder.
+    """
 
     def __init__(
         self,
@@ -38,8 +51,10 @@ class ModalityEncoder(nn.Module):
         norm: str | tuple,
         act: str | tuple,
         dropout: float | None,
+        checkpointed: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpointed = checkpointed
         in_channels = (1, *channels[:-1])
         level_strides = (1, *strides)
         self.levels = nn.ModuleList(
@@ -50,6 +65,12 @@ class ModalityEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # training only: TorchScript leaves the branch out (checkpoint is not scriptable)
+        if not torch.jit.is_scripting() and self.checkpointed and self.training and torch.is_grad_enabled():
+            return checkpoint(self._levels, x, use_reentrant=False)
+        return self._levels(x)
+
+    def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
         for level in self.levels:
             x = level(x)
@@ -60,8 +81,12 @@ class ModalityEncoder(nn.Module):
 class LevelFusion(nn.Module):
     """Merges the M encoders' features level by level into one feature map per level.
 
-    "concat" learns how much each modality contributes (concatenation + 1x1x1 conv);
+    "concat" learns how much each modality contributes (a 1x1x1 conv over the concatenated maps);
     "sum" adds the maps and has no parameters, leaving the weighting to the decoder.
+
+    The concat conv is computed as the sum of each modality's map convolved with its slice of the
+    weight: the same function and parameters, without the concatenated copy that autograd would
+    keep (M times a level's map, at full resolution the largest tensor of the step).
     """
 
     def __init__(self, channels: Sequence[int], num_modalities: int, mode: str) -> None:
@@ -79,10 +104,16 @@ class LevelFusion(nn.Module):
         levels = len(features_per_modality[0])
         if self.mode == "sum":
             return [torch.stack([f[k] for f in features_per_modality]).sum(dim=0) for k in range(levels)]
-        return [
-            mixer(torch.cat([f[k] for f in features_per_modality], dim=1))
-            for k, mixer in enumerate(self.mixers)
-        ]
+        fused = []
+        for k, mixer in enumerate(self.mixers):
+            weight, bias = mixer.conv.weight, mixer.conv.bias
+            width = weight.shape[1] // len(features_per_modality)
+            mixed = F.conv3d(features_per_modality[0][k], weight[:, :width], bias)
+            for i in range(1, len(features_per_modality)):
+                part = weight[:, i * width : (i + 1) * width]
+                mixed = mixed + F.conv3d(features_per_modality[i][k], part)
+            fused.append(mixed)
+        return fused
 
 
 @torch.jit.interface
@@ -136,7 +167,8 @@ class MultiModalUNet3D(nn.Module):
 
     Sub-modules: ``encoders`` (one per modality), ``fusion``, ``decoder``, ``output_layer``.
     Every spatial size must be divisible by ``prod(strides)``. Sigmoid/softmax belongs to
-    the loss and post-transforms, not here.
+    the loss and post-transforms, not here. ``checkpoint_encoders`` trades encoder FLOPs for the
+    memory of their activations in training (:class:`ModalityEncoder`); it changes no result.
     """
 
     output_layer_name: ClassVar[str] = "output_layer"
@@ -151,6 +183,7 @@ class MultiModalUNet3D(nn.Module):
         act: str | tuple = DEFAULT_ACT,
         dropout: float = 0.0,
         fusion: str = "concat",
+        checkpoint_encoders: bool = False,
     ) -> None:
         super().__init__()
         if in_modalities < 1:
@@ -167,7 +200,8 @@ class MultiModalUNet3D(nn.Module):
         # MONAI adds a Dropout(p=0) layer for any non-None dropout; None keeps the model clean.
         drop = dropout or None
         self.encoders = nn.ModuleList(
-            ModalityEncoder(channels, strides, norm, act, drop) for _ in range(in_modalities)
+            ModalityEncoder(channels, strides, norm, act, drop, checkpoint_encoders)
+            for _ in range(in_modalities)
         )
         self.fusion = LevelFusion(channels, in_modalities, fusion)
         self.decoder = UNetDecoder(channels, strides, norm, act, drop)

@@ -5,6 +5,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from cggm_seg.networks import MultiModalUNet3D, segmentation_heads
+from cggm_seg.networks.heads import on_grid
 
 SMALL = (4, 8, 16)
 
@@ -119,20 +120,28 @@ def test_segmentation_heads_builder():
         heads[0]([torch.rand(1, 4, 8, 8, 8)])
 
 
-def test_head_level_reads_the_coarser_levels_and_upsamples_only_its_logits():
+def test_head_level_reads_the_coarser_levels_and_predicts_on_their_grid():
     features = [torch.rand(1, 4, 8, 8, 8), torch.rand(1, 8, 4, 4, 4)]
     head = segmentation_heads((4, 8), num_modalities=1, out_channels=2, hidden=5, level=1)[0]
     assert len(head.projections) == 1 and head.projections[0].in_channels == 8
     logits = head(features)
-    assert logits.shape == (1, 2, 8, 8, 8)
-    # the finest level is not read: changing it changes nothing
-    assert torch.equal(head([torch.zeros_like(features[0]), features[1]]), logits)
-    # interpolation and a 1x1x1 conv commute: upsampling the logits equals the output layer at full size
-    coarse = head.output_layer(head.act(head.projections[0](features[1])))
-    expected = torch.nn.functional.interpolate(coarse, size=(8, 8, 8), mode="trilinear", align_corners=False)
-    torch.testing.assert_close(logits, expected)
+    assert logits.shape == (1, 2, 4, 4, 4)
+    torch.testing.assert_close(logits, head.output_layer(head.act(head.projections[0](features[1]))))
+    # the finest level is not read, so a handler keeps only the coarser ones for it
+    kept = head.reads(features)
+    assert kept[0] is None and kept[1] is features[1]
+    assert torch.equal(head(kept), logits)
     with pytest.raises(ValueError, match=r"level must be in \[0, 1\]"):
         segmentation_heads((4, 8), num_modalities=1, level=2)
+
+
+def test_on_grid_samples_a_segmentation_target_to_a_coarser_prediction():
+    target = (torch.rand(2, 3, 8, 8, 6) > 0.5).float()
+    coarse = on_grid(target, torch.zeros(2, 3, 4, 4, 3))
+    assert torch.equal(coarse, target[:, :, ::2, ::2, ::2])
+    assert on_grid(target, torch.zeros(2, 3, 8, 8, 6)) is target
+    labels = torch.tensor([0, 2])
+    assert on_grid(labels, torch.zeros(2, 3)) is labels
 
 
 def test_state_dict_has_no_head_parameters():
