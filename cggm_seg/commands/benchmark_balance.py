@@ -22,7 +22,7 @@ from cggm_seg.benchmark.records import RunRecord
 from cggm_seg.benchmark.tasks import DEFAULT_TASKS, SETTINGS, TASKS, BratsTask, Task, Variant
 from cggm_seg.benchmark.timing import machine
 from cggm_seg.benchmark.work import check_work, configuration, finished_record, prepare_data, work_folder
-from cggm_seg.commands.options import bundle_override
+from cggm_seg.commands.options import add_override_option
 from cggm_seg.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -161,13 +161,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="brats_cggm's datalist (default DATASET_DIR/datalist.json): fold 0 tests, fold 1 validates, "
         "the other folds train",
     )
-    own.add_argument(
-        "--set",
-        type=bundle_override,
-        action="append",
-        default=[],
-        metavar="ID=VALUE",
-        help="override a config id of the bundle, as --ID VALUE on the monai.bundle command line "
+    add_override_option(
+        own,
+        "override a config id of the bundle, as --ID VALUE on the monai.bundle command line "
         "(repeatable), e.g. --set epochs=100 --set 'roi_size=[96,96,96]'",
     )
     own.add_argument(

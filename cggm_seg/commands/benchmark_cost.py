@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cggm_seg.benchmark.cost import DEFAULT_CONFIG, measure, table
 from cggm_seg.benchmark.cpu_path import cpu_path, summary
-from cggm_seg.commands.options import bundle_override, parse_shape
+from cggm_seg.commands.options import add_override_option, parse_shape
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=(240, 240, 155),
         help="inference case D,H,W (default 240,240,155)",
     )
-    parser.add_argument(
-        "--set",
-        type=bundle_override,
-        action="append",
-        default=[],
-        metavar="ID=VALUE",
-        help="override a config id in every variant (repeatable), e.g. --set network_def#channels=[8,16,32]",
+    add_override_option(
+        parser,
+        "override a config id in every variant (repeatable), e.g. --set network_def#channels=[8,16,32]",
     )
     parser.add_argument(
         "--cpu",

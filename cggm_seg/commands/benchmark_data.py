@@ -7,13 +7,12 @@ itself, e.g. ``--size 32,32,24 --roi 16 --cases 2``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from cggm_seg.benchmark.data_bench import run
 from cggm_seg.benchmark.gpu import DEFAULT_CONFIG
-from cggm_seg.commands.options import bundle_override, parse_shape
+from cggm_seg.commands.options import add_override_option, parse_shape, print_json
 from cggm_seg.errors import UserError
 
 
@@ -28,13 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's)")
     parser.add_argument("--loader-epochs", type=int, default=2, help="timed loader epochs per data path")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle train.json")
-    parser.add_argument(
-        "--set",
-        type=bundle_override,
-        action="append",
-        default=[],
-        metavar="ID=VALUE",
-        help="override a config id, as on the monai.bundle command line (repeatable)",
+    add_override_option(
+        parser,
+        "override a config id, as on the monai.bundle command line (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON document here")
@@ -44,9 +39,5 @@ def main(args: argparse.Namespace) -> int:
     if args.cases < args.batch:
         raise UserError(f"--cases {args.cases} is fewer than one batch of {args.batch}")
     logging.getLogger().setLevel(logging.INFO)
-    document = json.dumps(run(args), indent=2)
-    print(document)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(document + "\n")
+    print_json(run(args), args.out)
     return 0

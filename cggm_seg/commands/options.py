@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -28,3 +29,19 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected three positive integers like 240,240,155, got {text!r}")
     return shape
+
+
+def add_override_option(parser: argparse._ActionsContainer, help_text: str) -> None:
+    """``--set ID=VALUE`` (repeatable): a bundle config override, as ``--ID VALUE`` on ``monai.bundle``."""
+    parser.add_argument(
+        "--set", type=bundle_override, action="append", default=[], metavar="ID=VALUE", help=help_text
+    )
+
+
+def print_json(document: dict[str, Any], out: Path | None) -> None:
+    """Print a bench's JSON document and, with ``--out``, write it there too."""
+    text = json.dumps(document, indent=2)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

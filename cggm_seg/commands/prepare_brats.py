@@ -17,7 +17,7 @@ import numpy as np
 from monai.bundle import ConfigParser
 
 from cggm_seg.bundle import ALL_FOLDS, bundle_dir, select_entries
-from cggm_seg.commands.options import bundle_override
+from cggm_seg.commands.options import add_override_option
 from cggm_seg.data_cache import PreparedCaseDataset, fill_cache
 from cggm_seg.errors import UserError
 from data_prep.brats_datalist import write_datalist
@@ -55,13 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cache.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
     )
-    cache.add_argument(
-        "--set",
-        type=bundle_override,
-        action="append",
-        default=[],
-        metavar="ID=VALUE",
-        help="an override of the training run that changes train#prepare, so the keys match (repeatable)",
+    add_override_option(
+        cache,
+        "an override of the training run that changes train#prepare, so the keys match (repeatable)",
     )
 
 
